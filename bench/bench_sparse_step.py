@@ -1,0 +1,120 @@
+"""Sparse-step overhead and projection speed, measured side by side in one run.
+
+For each preset pair (tiny, small) this times one full training step of the sparse preset
+(AbsTopK at the eight sites + weight projection + optimizer) and of a dense model of the same
+shapes (no AbsTopK, density 1), interleaving the two so machine noise hits both alike, and
+prints the ratio of medians. It also times the weight projection with the threshold selection
+used in training against a plain per-tensor `torch.topk` selection, on the same weights.
+
+    python bench/bench_sparse_step.py [--rounds 15] [--steps 5] [--presets tiny small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import time
+
+import torch
+
+from sparsecircuits.config import preset
+from sparsecircuits.model import GPT
+from sparsecircuits.sparsity import WeightSparsifier, topk_mask, topk_mask_sort
+from sparsecircuits.train import training_step
+
+
+def make(cfg, seed=0):
+    torch.manual_seed(seed)
+    model = GPT(cfg.model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(0.9, 0.95), eps=0.1)
+    sp = WeightSparsifier(model.sparse_tensors(), cfg.sparsity)
+    sp.project(1.0)  # start at the target density, where projection does the most work
+    return model, opt, sp
+
+
+def time_steps(model, opt, sp, cfg, x, y, n):
+    t = time.perf_counter()
+    for _ in range(n):
+        training_step(model, opt, sp, model.decay_params(), x, y, lr=1e-3, next_frac=1.0,
+                      tc=cfg.train)
+    return (time.perf_counter() - t) / n
+
+
+def bench_pair(name: str, rounds: int, steps: int):
+    sparse_cfg = preset(f"{name}-sparse")
+    dense_cfg = copy.deepcopy(sparse_cfg)
+    dense_cfg.model.afrac = 1.0
+    dense_cfg.sparsity.weight_density = dense_cfg.sparsity.other_density = 1.0
+    B, T = sparse_cfg.train.batch_size, sparse_cfg.model.block_size
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(sparse_cfg.model.vocab_size, (B, T + 1), generator=g)
+    x, y = data[:, :-1], data[:, 1:]
+    runs = {"sparse": (*make(sparse_cfg), sparse_cfg), "dense": (*make(dense_cfg), dense_cfg)}
+    times = {k: [] for k in runs}
+    for k, (m, o, s, c) in runs.items():  # warm-up
+        time_steps(m, o, s, c, x, y, 2)
+    for _ in range(rounds):
+        for k, (m, o, s, c) in runs.items():
+            times[k].append(time_steps(m, o, s, c, x, y, steps))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{name}: {B}x{T} tokens/step | sparse step {med['sparse'] * 1e3:.1f} ms "
+          f"({B * T / med['sparse']:,.0f} tok/s) | dense step {med['dense'] * 1e3:.1f} ms "
+          f"({B * T / med['dense']:,.0f} tok/s) | sparse/dense = {med['sparse'] / med['dense']:.3f}")
+
+    # Projection alone, same weights, both selections: ours (k-th-value threshold) vs torch.topk.
+    model, _, sp, _ = runs["sparse"]
+    saved = {t.name: t.param.detach().clone() for t in sp.tensors}
+    noise = torch.Generator().manual_seed(1)
+    proj = {"threshold": [], "torch.topk": []}
+    for _ in range(rounds):
+        for label, select in (("threshold", topk_mask), ("torch.topk", topk_mask_sort)):
+            with torch.no_grad():  # dense perturbation, as after an Adam step
+                for t in sp.tensors:
+                    t.param.copy_(saved[t.name] + 1e-3 * torch.randn(t.param.shape, generator=noise))
+            t0 = time.perf_counter()
+            sp.project(1.0, select=select)
+            proj[label].append(time.perf_counter() - t0)
+    pm = {k: statistics.median(v) for k, v in proj.items()}
+    print(f"{name}: projection of {sum(t.param.numel() for t in sp.tensors):,} weights | "
+          f"threshold {pm['threshold'] * 1e3:.2f} ms | torch.topk {pm['torch.topk'] * 1e3:.2f} ms"
+          f" | topk/threshold = {pm['torch.topk'] / pm['threshold']:.2f} | projection is "
+          f"{pm['threshold'] / med['sparse']:.1%} of the sparse step")
+
+
+def bench_large_tensor(rounds: int):
+    """One paper-sized matrix (d_model 1024 MLP: 4096 x 1024), where selection cost matters."""
+    w = torch.randn(4096, 1024)
+    s = w.abs()
+    k = w.numel() // 64
+    assert torch.equal(topk_mask(s, k).sum(), topk_mask_sort(s, k).sum())
+    out = {}
+    for label, select in (("threshold", topk_mask), ("torch.topk", topk_mask_sort)):
+        select(s, k)
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            select(s, k)
+            ts.append(time.perf_counter() - t0)
+        out[label] = statistics.median(ts)
+    print(f"4096x1024 matrix at density 1/64 | threshold {out['threshold'] * 1e3:.1f} ms | "
+          f"torch.topk {out['torch.topk'] * 1e3:.1f} ms | topk/threshold = "
+          f"{out['torch.topk'] / out['threshold']:.2f}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    a = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+          f"{platform.processor() or platform.platform()}")
+    for name in a.presets:
+        bench_pair(name, a.rounds, a.steps)
+    bench_large_tensor(a.rounds)
+
+
+if __name__ == "__main__":
+    main()

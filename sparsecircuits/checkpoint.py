@@ -1,0 +1,161 @@
+"""Run folders: safetensors + JSON, written atomically, validated on load.
+
+    config.json            the RunConfig (strictly loadable)
+    tokenizer.json         the BPE the model was trained with
+    model.safetensors      weights; metadata: step, config, versions
+    optimizer.safetensors  Adam moments per parameter; metadata: step
+    trainer_state.json     step, tokens seen, last val loss
+    metrics.jsonl          one JSON row per log / eval
+
+Every file is written to a temp file and renamed, so a crash never leaves a half-written file
+that looks complete; model, optimizer and trainer state each record their step, and resuming
+refuses a set whose steps disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import RunConfig, load_config
+from .errors import UserError
+from .model import GPT
+from .tokenizer import load_tokenizer
+
+MODEL_FILE, OPTIM_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "trainer_state.json"
+
+
+def versions() -> dict:
+    import numpy
+    import safetensors
+    import tokenizers
+
+    from . import __version__
+    return dict(sparsecircuits=__version__, torch=torch.__version__, numpy=numpy.__version__,
+                tokenizers=tokenizers.__version__, safetensors=safetensors.__version__,
+                python=platform.python_version())
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` then rename onto `path`; the temp file is removed on failure."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_checkpoint(run_dir: Path, model: GPT, optimizer: torch.optim.Optimizer, state: dict,
+                    cfg: RunConfig) -> None:
+    step = str(state["step"])
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = dict(format="sparsecircuits", step=step, config=json.dumps(cfg.to_dict()),
+                versions=json.dumps(versions()))
+    moments = {}
+    for name, p in model.named_parameters():
+        st = optimizer.state.get(p)
+        if st:
+            moments[f"{name}.exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
+            moments[f"{name}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
+            moments[f"{name}.step"] = torch.as_tensor(st["step"]).detach().cpu().reshape(1)
+    atomic_write(run_dir / OPTIM_FILE, lambda t: save_file(moments, t, metadata=dict(step=step)))
+    atomic_write(run_dir / MODEL_FILE, lambda t: save_file(weights, t, metadata=meta))
+    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=1))
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    run_dir = _run_dir(run_dir)
+    return load_config(run_dir / "config.json")
+
+
+def _run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} does not exist; pass a folder made by "
+                        "`sparsecircuits train --out`.")
+    if not (run_dir / "config.json").is_file():
+        raise UserError(f"{run_dir} has no config.json, so it is not a run folder; pass a folder "
+                        "made by `sparsecircuits train --out`.")
+    return run_dir
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    if not path.is_file():
+        raise UserError(f"{path} is missing; the run has no checkpoint yet (train it, or restore "
+                        "the file).")
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} is corrupt or truncated ({e}); restore it or retrain the "
+                        "run.") from None
+
+
+def load_weights(run_dir: Path, model: GPT) -> dict:
+    """Load model.safetensors into `model`, checking names and shapes; returns its metadata."""
+    path = run_dir / MODEL_FILE
+    tensors, meta = _read_safetensors(path)
+    own = model.state_dict()
+    missing, extra = set(own) - set(tensors), set(tensors) - set(own)
+    if missing or extra:
+        raise UserError(f"{path} does not match config.json (missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(extra)[:3]}); the files come from different runs.")
+    for k, v in tensors.items():
+        if v.shape != own[k].shape:
+            raise UserError(f"{path}: {k} has shape {tuple(v.shape)} but config.json implies "
+                            f"{tuple(own[k].shape)}; the files come from different runs.")
+    model.load_state_dict(tensors)
+    return meta
+
+
+def load_optimizer(run_dir: Path, model: GPT, optimizer: torch.optim.Optimizer) -> int:
+    tensors, meta = _read_safetensors(run_dir / OPTIM_FILE)
+    device = next(model.parameters()).device
+    for name, p in model.named_parameters():
+        if f"{name}.exp_avg" in tensors:
+            optimizer.state[p] = dict(
+                step=tensors[f"{name}.step"].reshape(()).clone(),
+                exp_avg=tensors[f"{name}.exp_avg"].to(device),
+                exp_avg_sq=tensors[f"{name}.exp_avg_sq"].to(device))
+    return int(meta.get("step", -1))
+
+
+def read_trainer_state(run_dir: Path) -> dict:
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing; there is no checkpoint to resume from.")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is corrupt; restore it or start a new run.") from None
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """Load a trained run: returns `(model, tokenizer)`, the model in eval mode."""
+    run_dir = _run_dir(run_dir)
+    cfg = read_run_config(run_dir)
+    model = GPT(cfg.model)
+    load_weights(run_dir, model)
+    tok = load_tokenizer(run_dir / "tokenizer.json")
+    if tok.get_vocab_size() != cfg.model.vocab_size:
+        raise UserError(f"{run_dir}/tokenizer.json has {tok.get_vocab_size()} tokens but the model "
+                        f"has vocab_size={cfg.model.vocab_size}; the files come from different runs.")
+    return model.to(device).eval(), tok

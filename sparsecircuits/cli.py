@@ -1,0 +1,139 @@
+"""The `sparsecircuits` command: a thin shell over the public functions of the same names."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError, closest
+
+
+def _set_overrides(cfg, pairs: list[str]):
+    """Apply `section.key=value` overrides (value parsed as JSON, else taken as a string)."""
+    from .config import config_from_dict
+    d = cfg.to_dict()
+    for pair in pairs:
+        if "=" not in pair or "." not in pair.split("=", 1)[0]:
+            raise UserError(f"--set '{pair}' is not of the form section.key=value "
+                            "(e.g. train.max_steps=200).")
+        key, raw = pair.split("=", 1)
+        section, name = key.split(".", 1)
+        if section not in d:
+            raise UserError(f"--set '{pair}': unknown section '{section}'{closest(section, d)}.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        d[section][name] = value
+    return config_from_dict(d, where="--set")
+
+
+def cmd_corpus_build(a):
+    from .corpus import build_corpus
+    build_corpus(a.out, a.source, vocab_size=a.vocab_size, val_frac=a.val_frac,
+                 tokenizer=a.tokenizer, force=a.force)
+
+
+def cmd_train(a):
+    from .config import load_config, preset
+    from .train import train
+    if a.resume:
+        if a.preset or a.config or a.set or a.corpus:
+            raise UserError("--resume continues the run saved in --out with its own config; "
+                            "drop --preset/--config/--set/--corpus.")
+        train(None, a.out, resume=True)
+        return
+    if bool(a.preset) == bool(a.config):
+        raise UserError("pass exactly one of --preset NAME or --config FILE "
+                        "(see `sparsecircuits presets`).")
+    cfg = preset(a.preset) if a.preset else load_config(a.config)
+    if a.corpus:
+        cfg.data.corpus = a.corpus
+    if a.set:
+        cfg = _set_overrides(cfg, a.set)
+    train(cfg, a.out)
+
+
+def cmd_eval(a):
+    from .evaluate import evaluate
+    report = evaluate(a.run_dir, batches=a.batches)
+    print(json.dumps(report.to_dict(), indent=1) if a.json else report.format())
+
+
+def cmd_presets(a):
+    from .config import PRESETS, preset
+    from .model import GPT
+    for name in PRESETS:
+        c = preset(name)
+        m = c.model
+        n = GPT(c.model).num_params()
+        print(f"{name:<13} {m.n_layer}L d_model {m.d_model} d_mlp {m.d_mlp} ctx {m.block_size} "
+              f"| density {c.sparsity.weight_density:g} afrac {m.afrac:g} | "
+              f"{c.train.max_steps} steps x {c.train.batch_size} seqs | {n / 1e6:.2f}M params")
+
+
+def cmd_demo(a):
+    from .demo import demo
+    demo(a.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sparsecircuits", description=(
+        "Train weight-sparse transformers on Python code and inspect them."))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("corpus", help="build a tokenized Python corpus")
+    csub = c.add_subparsers(dest="corpus_command", metavar="ACTION", required=True)
+    b = csub.add_parser("build", help="find .py files, train the BPE, write token memmaps")
+    b.add_argument("--source", action="append", metavar="PATH",
+                   help="a .py file or folder (repeatable); default: this Python's standard library")
+    b.add_argument("--out", required=True, metavar="DIR")
+    b.add_argument("--vocab-size", type=int, default=2048)
+    b.add_argument("--val-frac", type=float, default=0.02)
+    b.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer.json instead of training")
+    b.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    b.set_defaults(fn=cmd_corpus_build)
+
+    t = sub.add_parser("train", help="train a sparse or dense model into a run folder")
+    t.add_argument("--preset", metavar="NAME", help="a named config (see `sparsecircuits presets`)")
+    t.add_argument("--config", metavar="FILE", help="a JSON config file")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable), e.g. train.max_steps=200")
+    t.add_argument("--corpus", metavar="DIR", help="a built corpus folder (default: stdlib corpus)")
+    t.add_argument("--out", required=True, metavar="RUN_DIR")
+    t.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="val loss, weight and activation sparsity of a run")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--batches", type=int, default=None, help="val batches (default: the run's)")
+    e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.set_defaults(fn=cmd_eval)
+
+    pr = sub.add_parser("presets", help="list the named configs")
+    pr.set_defaults(fn=cmd_presets)
+
+    d = sub.add_parser("demo", help="the main job: train a tiny sparse model and inspect it")
+    d.add_argument("--out", default="sparsecircuits-demo", metavar="DIR")
+    d.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; a run can continue from its last checkpoint with "
+              "`sparsecircuits train --out RUN_DIR --resume`", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Python source corpora: find files, split train/val by file, tokenize into uint16 memmaps.
+
+The default source is the standard library of the running interpreter: real Python that is on
+every machine, with no download. A built corpus is a folder:
+
+    manifest.json    sources, per-file bytes/tokens/sha256/split, skipped files, totals
+    tokenizer.json   the BPE trained on the train split
+    train.bin        uint16 token ids, files joined by the end-of-text token
+    val.bin          the same for the validation files
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .tokenizer import eot_id, load_tokenizer, train_tokenizer
+
+MANIFEST_VERSION = 1
+SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def find_sources(sources: list[str | Path] | None = None) -> list[tuple[Path, str]]:
+    """All .py files under the given files/folders as (path, name-relative-to-its-source).
+
+    With no sources, the standard library of the running interpreter (never site-packages).
+    """
+    roots = [Path(s) for s in sources] if sources else [stdlib_dir()]
+    found: dict[str, Path] = {}
+    for root in roots:
+        if not root.exists():
+            raise UserError(f"source {root} does not exist; pass existing .py files or folders "
+                            "to --source.")
+        if root.is_file():
+            found[root.name] = root
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
+            for name in sorted(filenames):
+                if name.endswith(".py"):
+                    p = Path(dirpath) / name
+                    rel = p.relative_to(root).as_posix()
+                    key = rel if len(roots) == 1 else f"{root.name}/{rel}"
+                    found[key] = p
+    return sorted((p, rel) for rel, p in found.items())
+
+
+def split_of(rel: str, val_frac: float) -> str:
+    """Deterministic split by file: a hash of the file's relative name, never of its content."""
+    h = int(hashlib.sha256(rel.encode()).hexdigest()[:8], 16)
+    return "val" if h % 100_000 < val_frac * 100_000 else "train"
+
+
+@dataclass
+class SourceFile:
+    rel: str
+    text: str
+    sha256: str
+    nbytes: int
+    split: str
+
+
+def read_sources(files: list[tuple[Path, str]], val_frac: float):
+    """Read files as UTF-8; unreadable and non-UTF-8 files are skipped and reported."""
+    kept, skipped = [], {"non_utf8": [], "unreadable": [], "empty": []}
+    for path, rel in files:
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            skipped["unreadable"].append(rel)
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            skipped["non_utf8"].append(rel)
+            continue
+        if not text.strip():
+            skipped["empty"].append(rel)
+            continue
+        kept.append(SourceFile(rel, text, hashlib.sha256(raw).hexdigest(), len(raw),
+                               split_of(rel, val_frac)))
+    if kept and not any(f.split == "val" for f in kept):
+        if len(kept) < 2:
+            raise UserError("the corpus has a single usable file, but the train/val split is by "
+                            "file; add at least one more .py file.")
+        # Small corpora may draw no val file by hash: take the lowest-hash file, deterministically.
+        min(kept, key=lambda f: hashlib.sha256(f.rel.encode()).hexdigest()).split = "val"
+    return kept, skipped
+
+
+def build_corpus(out: str | Path, sources: list[str | Path] | None = None, *,
+                 vocab_size: int = 2048, val_frac: float = 0.02, tokenizer: str | Path | None = None,
+                 force: bool = False, log=print) -> Path:
+    """Build a corpus folder at `out`; returns its path. Written to a temp folder, then renamed."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} already exists and is not empty; choose another --out or pass "
+                        "--force to replace it.")
+    if not 0 < val_frac < 1:
+        raise UserError(f"val_frac={val_frac} must be between 0 and 1.")
+    t0 = time.time()
+    files = find_sources(sources)
+    kept, skipped = read_sources(files, val_frac)
+    if not kept:
+        where = ", ".join(str(s) for s in sources) if sources else str(stdlib_dir())
+        raise UserError(f"the corpus is empty: no readable UTF-8 .py file under {where}; "
+                        "pass --source with folders that contain Python files.")
+    log(f"read {len(kept)} files ({sum(f.nbytes for f in kept) / 1e6:.1f} MB); skipped "
+        + ", ".join(f"{len(v)} {k}" for k, v in skipped.items()))
+
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+    else:
+        tok = train_tokenizer((f.text for f in kept if f.split == "train"), vocab_size)
+        log(f"trained a {tok.get_vocab_size()}-token BPE in {time.time() - t0:.1f}s")
+    if tok.get_vocab_size() > 65535:
+        raise UserError("the tokenizer has more than 65535 tokens and cannot be stored as uint16.")
+    eot = eot_id(tok)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        records, totals = [], {}
+        for split in ("train", "val"):
+            group = [f for f in kept if f.split == split]
+            n_tokens = 0
+            with open(tmp / f"{split}.bin", "wb") as fh:
+                for i in range(0, len(group), 256):
+                    chunk = group[i:i + 256]
+                    for f, enc in zip(chunk, tok.encode_batch([f.text for f in chunk],
+                                                              add_special_tokens=False)):
+                        ids = np.asarray(enc.ids + [eot], dtype=np.uint16)
+                        fh.write(ids.tobytes())
+                        n_tokens += len(ids)
+                        records.append(dict(path=f.rel, split=split, bytes=f.nbytes,
+                                            tokens=len(ids), sha256=f.sha256))
+            totals[split] = dict(files=len(group), bytes=sum(f.nbytes for f in group),
+                                 tokens=n_tokens)
+        tok.save(str(tmp / "tokenizer.json"))
+        manifest = dict(
+            version=MANIFEST_VERSION,
+            sources=[str(s) for s in sources] if sources else [str(stdlib_dir())],
+            python=sys.version.split()[0], vocab_size=tok.get_vocab_size(), eot_id=eot,
+            val_frac=val_frac, totals=totals,
+            skipped={k: dict(count=len(v), files=v) for k, v in skipped.items()},
+            tokenizer_sha256=_sha256_file(tmp / "tokenizer.json"),
+            files=sorted(records, key=lambda r: r["path"]),
+        )
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrote {out}: {totals['train']['tokens']:,} train / {totals['val']['tokens']:,} val "
+        f"tokens in {time.time() - t0:.1f}s")
+    return out
+
+
+class Corpus:
+    """A built corpus folder, opened read-only: `train` and `val` are uint16 memmaps."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mpath = self.path / "manifest.json"
+        if not mpath.is_file():
+            raise UserError(f"{self.path} is not a corpus folder (no manifest.json); build one "
+                            "with `sparsecircuits corpus build --out DIR`.")
+        try:
+            self.manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{mpath} is corrupt; rebuild the corpus with "
+                            "`sparsecircuits corpus build --force`.") from None
+        self.tokenizer_path = self.path / "tokenizer.json"
+        self.tokenizer = load_tokenizer(self.tokenizer_path)
+        self.splits = {}
+        for split in ("train", "val"):
+            f = self.path / f"{split}.bin"
+            expected = self.manifest["totals"][split]["tokens"]
+            if not f.is_file() or f.stat().st_size != 2 * expected:
+                raise UserError(f"{f} is missing or truncated (expected {expected} tokens); "
+                                "rebuild the corpus with `sparsecircuits corpus build --force`.")
+            self.splits[split] = np.memmap(f, dtype=np.uint16, mode="r")
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.splits["train"]
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.splits["val"]
+
+
+def default_corpus_dir(vocab_size: int = 2048) -> Path:
+    home = os.environ.get("SPARSECIRCUITS_HOME") or Path.home() / ".cache" / "sparsecircuits"
+    ver = "".join(map(str, sys.version_info[:2]))
+    return Path(home) / "corpus" / f"stdlib-py{ver}-v{vocab_size}"
+
+
+def open_corpus(path: str | Path | None, log=print) -> Corpus:
+    """Open a corpus folder; with no path, the default one, built on first use and cached."""
+    if path is not None:
+        return Corpus(path)
+    d = default_corpus_dir()
+    if not (d / "manifest.json").is_file():
+        log(f"building the default corpus (the standard library) into {d} ...")
+        build_corpus(d, force=True, log=log)
+    return Corpus(d)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

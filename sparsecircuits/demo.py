@@ -1,0 +1,38 @@
+"""`sparsecircuits demo`: the main job, start to end on a CPU in a few minutes.
+
+For now: build the default corpus (once), train the `tiny-sparse` preset, evaluate it. A run
+already finished in the demo folder is reused; an interrupted one is resumed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoint import read_trainer_state
+from .config import preset
+from .evaluate import evaluate
+from .train import train
+
+
+def demo(out: str | Path = "sparsecircuits-demo", log=print) -> Path:
+    out = Path(out)
+    run = out / "tiny-sparse"
+    cfg = preset("tiny-sparse")
+    if (run / "trainer_state.json").exists():
+        if read_trainer_state(run)["step"] < cfg.train.max_steps:
+            train(None, run, resume=True, log=log)
+        else:
+            log(f"reusing the finished run in {run}")
+    else:
+        if run.exists() and any(run.iterdir()):
+            # A folder from a run that died before its first checkpoint: start it again.
+            for f in run.iterdir():
+                f.unlink()
+        train(cfg, run, log=log)
+    report = evaluate(run)
+    (out / "eval.txt").write_text(report.format() + "\n")
+    log("")
+    log(report.format())
+    log(f"\nThe run (weights, config, tokenizer, metrics.jsonl) is in {run}; "
+        f"this table is in {out / 'eval.txt'}.")
+    return out

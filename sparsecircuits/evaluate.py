@@ -1,0 +1,101 @@
+"""What a trained run is: val loss, weight density per tensor, L0, neuron floors, activation sparsity."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load, read_run_config
+from .config import SITE_KINDS
+from .corpus import open_corpus
+from .train import val_loss, val_windows
+
+
+@dataclass
+class TensorStats:
+    name: str
+    shape: tuple
+    nonzero: int
+    density: float
+    min_per_neuron: int | None   # fewest nonzeros of any neuron along the floor axis
+
+
+@dataclass
+class EvalReport:
+    run: str
+    val_loss: float
+    val_tokens: int
+    l0: int                      # nonzero weights under the budget (bigram, norms, sinks excluded)
+    budget_params: int           # all parameters under the budget
+    total_params: int
+    tensors: list[TensorStats] = field(default_factory=list)
+    activation_density: dict[str, float] = field(default_factory=dict)  # per site kind
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        lines = [f"run            {self.run}",
+                 f"val loss       {self.val_loss:.4f} nats/token ({self.val_tokens:,} tokens)",
+                 f"L0             {self.l0:,} nonzero of {self.budget_params:,} budgeted weights "
+                 f"({self.l0 / self.budget_params:.4f}); {self.total_params:,} parameters in all",
+                 "", f"{'tensor':<28} {'shape':>12} {'nonzero':>9} {'density':>8} {'min/neuron':>10}"]
+        for t in self.tensors:
+            shape = "x".join(map(str, t.shape))
+            floor = "-" if t.min_per_neuron is None else str(t.min_per_neuron)
+            lines.append(f"{t.name:<28} {shape:>12} {t.nonzero:>9,} {t.density:>8.4f} {floor:>10}")
+        lines += ["", "activation density (fraction of nonzero entries per token vector)"]
+        lines += [f"  {k:<12} {v:.4f}" for k, v in self.activation_density.items()]
+        return "\n".join(lines)
+
+
+def tensor_stats(model) -> list[TensorStats]:
+    out = []
+    for t in model.sparse_tensors():
+        p = t.param.detach()
+        nz = p != 0
+        floor = None
+        if t.floor_axis is not None:
+            floor = int(nz.sum(dim=t.floor_axis).min())
+        out.append(TensorStats(t.name, tuple(p.shape), int(nz.sum()), float(nz.float().mean()),
+                               floor))
+    return out
+
+
+@torch.no_grad()
+def activation_density(model, windows: torch.Tensor, batch: int = 16) -> dict[str, float]:
+    """Mean fraction of nonzero entries at each site kind, over the given windows."""
+    counts = {k: [0, 0] for k in SITE_KINDS}
+
+    def count(name, x):
+        kind = name.split(".", 2)[2]
+        counts[kind][0] += int((x != 0).sum())
+        counts[kind][1] += x.numel()
+        return x
+
+    with model.hooks(count):
+        for i in range(0, len(windows), batch):
+            model(windows[i:i + batch, :-1])
+    return {k: nz / max(1, n) for k, (nz, n) in counts.items()}
+
+
+def evaluate(run_dir: str | Path, *, batches: int | None = None) -> EvalReport:
+    """Evaluate a run folder on its corpus's val split."""
+    cfg = read_run_config(run_dir)
+    model, _ = load(run_dir)
+    corpus = open_corpus(cfg.data.corpus, log=lambda *a: None)
+    n = (batches or cfg.train.eval_batches) * cfg.train.batch_size
+    windows = val_windows(corpus.val, n, cfg.model.block_size)
+    stats = tensor_stats(model)
+    return EvalReport(
+        run=str(run_dir),
+        val_loss=val_loss(model, windows, cfg.train.batch_size, "cpu"),
+        val_tokens=windows[:, 1:].numel(),
+        l0=sum(t.nonzero for t in stats),
+        budget_params=sum(t.param.numel() for t in model.sparse_tensors()),
+        total_params=model.num_params(),
+        tensors=stats,
+        activation_density=activation_density(model, windows[: 4 * cfg.train.batch_size]),
+    )

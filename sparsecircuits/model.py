@@ -1,0 +1,230 @@
+"""The GPT of the paper, in one readable file, with named node sites.
+
+Every activation the paper calls a node passes through `site(name, x)`, which applies the
+site's AbsTopK and then the model's hooks (none by default). Recording, ablation, masks,
+patching and steering are all hooks; there is no other forward pass.
+
+    blocks.{l}.attn.in    post-RMSNorm read of the residual stream      (B, T, d_model)
+    blocks.{l}.attn.q/k/v query / key / value channels, head-major      (B, T, n_head*d_head)
+    blocks.{l}.attn.out   attention's write to the residual stream      (B, T, d_model)
+    blocks.{l}.mlp.in     post-RMSNorm read of the residual stream      (B, T, d_model)
+    blocks.{l}.mlp.neuron post-GELU neurons                             (B, T, d_mlp)
+    blocks.{l}.mlp.out    the MLP's write to the residual stream        (B, T, d_model)
+
+Channel c of head h is index h*d_head + c of q/k/v, the column order of `attn.c_proj`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SITE_KINDS, ModelConfig
+from .sparsity import SparseTensor, abstopk
+
+Hook = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.d_head, self.d_attn = cfg.n_head, cfg.d_head, cfg.d_attn
+        self.c_attn = nn.Linear(cfg.d_model + cfg.d_pos_emb, 3 * cfg.d_attn)
+        self.c_proj = nn.Linear(cfg.d_attn, cfg.d_model)
+        # Sink logit per head: a virtual always-visible key with zero value.
+        self.sink = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.sink else None
+
+    def forward(self, h, site):
+        B, T, _ = h.shape
+        q, k, v = self.c_attn(h).split(self.d_attn, dim=-1)
+        q, k, v = site("q", q), site("k", k), site("v", v)
+        q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))
+        if self.sink is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            s = (q @ k.transpose(-2, -1)) / math.sqrt(self.d_head)
+            causal = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+            s = s.masked_fill(~causal, float("-inf"))
+            sink = self.sink.view(1, -1, 1, 1).expand(B, -1, T, 1).to(s.dtype)
+            # softmax over [sink, keys], then drop the sink column: weights may sum to < 1.
+            a = torch.cat([sink, s], dim=-1).softmax(dim=-1)[..., 1:]
+            y = a @ v
+        y = y.transpose(1, 2).reshape(B, T, self.d_attn)
+        return site("out", self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.d_model + cfg.d_pos_emb, cfg.d_mlp)
+        self.c_proj = nn.Linear(cfg.d_mlp, cfg.d_model)
+
+    def forward(self, h, site):
+        return site("out", self.c_proj(site("neuron", F.gelu(self.c_fc(h)))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
+        self.ln_2, self.mlp = RMSNorm(cfg.d_model), MLP(cfg)
+
+    def forward(self, x, site, pos):
+        def attn_site(kind, t):
+            return site("attn." + kind, t)
+
+        def mlp_site(kind, t):
+            return site("mlp." + kind, t)
+
+        x = x + self.attn(_with_pos(attn_site("in", self.ln_1(x)), pos), attn_site)
+        x = x + self.mlp(_with_pos(mlp_site("in", self.ln_2(x)), pos), mlp_site)
+        return x
+
+
+def _with_pos(h, pos):
+    """Append the read-only position channels (if any) to a sublayer's input."""
+    return h if pos is None else torch.cat([h, pos.expand(h.shape[0], -1, -1)], dim=-1)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.d_pos_emb) if cfg.d_pos_emb else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = RMSNorm(cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.bigram and cfg.learnable_bigram:
+            self.bigram = nn.Parameter(torch.empty(cfg.vocab_size, cfg.vocab_size))
+        elif cfg.bigram:
+            self.register_buffer("bigram", torch.zeros(cfg.vocab_size, cfg.vocab_size))
+        else:
+            self.bigram = None
+        self._topk = {kind: max(1, int(cfg.afrac * self.site_dim(kind)))
+                      for kind in SITE_KINDS if cfg.afrac < 1 and kind in cfg.afrac_sites}
+        self._hooks: list[Hook] = []
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None):
+        std = self.cfg.init_std
+        proj_std = std / math.sqrt(2 * self.cfg.n_layer)
+        for name, p in self.named_parameters():
+            if name == "bigram":
+                p.uniform_(0, 0.02, generator=generator)
+            elif name.endswith(".bias") or name.endswith(".sink"):
+                p.zero_()
+            elif name.startswith("ln_") or ".ln_" in name:
+                p.fill_(1.0)
+            else:
+                s = proj_std if name.endswith("c_proj.weight") else std
+                p.normal_(0.0, s, generator=generator)
+
+    # ------------------------------------------------------------------ sites and hooks
+
+    def site_dim(self, kind: str) -> int:
+        c = self.cfg
+        return {"attn.q": c.d_attn, "attn.k": c.d_attn, "attn.v": c.d_attn,
+                "mlp.neuron": c.d_mlp}.get(kind, c.d_model)
+
+    def site_names(self) -> list[str]:
+        return [f"blocks.{l}.{kind}" for l in range(self.cfg.n_layer) for kind in SITE_KINDS]
+
+    @contextlib.contextmanager
+    def hooks(self, *fns: Hook):
+        """Apply hooks `fn(name, x) -> x` at every node site (in order) inside the block."""
+        saved = self._hooks
+        self._hooks = saved + list(fns)
+        try:
+            yield self
+        finally:
+            self._hooks = saved
+
+    def run_with_cache(self, idx: torch.Tensor, names=None):
+        """Logits and a dict of the activations at the given sites (all sites by default)."""
+        wanted = set(self.site_names() if names is None else names)
+        unknown = wanted - set(self.site_names())
+        if unknown:
+            raise KeyError(f"unknown node sites: {sorted(unknown)}")
+        cache = {}
+
+        def record(name, x):
+            if name in wanted:
+                cache[name] = x.detach()
+            return x
+
+        with self.hooks(record):
+            logits = self(idx)
+        return logits, cache
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        B, T = idx.shape
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}")
+        x = self.wte(idx)
+        pos = self.wpe(torch.arange(T, device=idx.device)).unsqueeze(0) if self.wpe else None
+        for l, block in enumerate(self.blocks):
+            prefix = f"blocks.{l}."
+
+            def site(kind, t, prefix=prefix):
+                k = self._topk.get(kind)
+                if k is not None:
+                    t = abstopk(t, k)
+                for fn in self._hooks:
+                    t = fn(prefix + kind, t)
+                return t
+
+            x = block(x, site, pos)
+        logits = self.lm_head(self.ln_f(x))
+        if self.bigram is not None:
+            logits = logits + self.bigram[idx]
+        return logits
+
+    # ------------------------------------------------------------------ sparsity bookkeeping
+
+    def sparse_tensors(self) -> list[SparseTensor]:
+        """Every tensor under the weight budget, with the axis of its per-neuron floor.
+
+        Reads (`c_attn`, `c_fc`) keep >= j inputs per output row; writes (`c_proj`) keep >= j
+        outputs per input column. Embeddings, the unembedding and biases use plain top-k. The
+        bigram table, RMSNorm gains and sink logits stay dense.
+        """
+        out = []
+        for name, p in self.named_parameters():
+            if name == "bigram" or p.ndim == 1 and not name.endswith(".bias"):
+                continue
+            if name.endswith(("c_attn.weight", "c_fc.weight")):
+                out.append(SparseTensor(name, p, "matrix", floor_axis=1))
+            elif name.endswith("c_proj.weight"):
+                out.append(SparseTensor(name, p, "matrix", floor_axis=0))
+            else:
+                out.append(SparseTensor(name, p, "other", floor_axis=None))
+        return out
+
+    def decay_params(self) -> list[torch.nn.Parameter]:
+        """Matrices that get weight decay: every 2-D weight except the bigram table."""
+        return [p for n, p in self.named_parameters() if p.ndim == 2 and n != "bigram"]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

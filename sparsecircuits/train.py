@@ -1,0 +1,307 @@
+"""The training loop: sharkfin LR, gradient-RMS normalisation, weight projection, checkpoints.
+
+One step:   loss = CE(model(x), y); backward; g /= rms(g) + 1e-5; Adam step (dense)
+            project every sparse tensor onto its scheduled top-k; p -= wd * lr * p (matrices)
+
+The batch of step t is a pure function of (seed, t, rank), so `--resume` replays the exact data
+order with no RNG state to carry; with Adam moments restored, a resumed run reproduces the
+uninterrupted one bit for bit on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import (atomic_write_text, load_optimizer, load_weights, read_run_config,
+                         read_trainer_state, save_checkpoint)
+from .config import RunConfig, TrainConfig
+from .corpus import open_corpus
+from .errors import UserError
+from .model import GPT
+from .sparsity import WeightSparsifier, lr_at, sharkfin_factor
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device='{name}' but no CUDA device is available; use 'cpu' or 'auto'.")
+    return torch.device(name)
+
+
+def batch_at(data: np.ndarray, step: int, seed: int, batch: int, block: int, rank: int = 0):
+    """Random windows of `block + 1` tokens for a step: a pure function of (seed, step, rank)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+    starts = torch.randint(len(data) - block - 1, (batch,), generator=g).numpy()
+    rows = np.stack([data[s:s + block + 1] for s in starts]).astype(np.int64)
+    t = torch.from_numpy(rows)
+    return t[:, :-1], t[:, 1:]
+
+
+def val_windows(data: np.ndarray, n: int, block: int) -> torch.Tensor:
+    """n evenly spaced windows of the val split: the same every eval, every run."""
+    starts = np.linspace(0, len(data) - block - 1, n).astype(np.int64)
+    return torch.from_numpy(np.stack([data[s:s + block + 1] for s in starts]).astype(np.int64))
+
+
+@torch.no_grad()
+def val_loss(model: GPT, windows: torch.Tensor, batch: int, device) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(windows), batch):
+        w = windows[i:i + batch].to(device)
+        logits = model(w[:, :-1])
+        total += F.cross_entropy(logits.flatten(0, 1).float(), w[:, 1:].flatten(),
+                                 reduction="sum").item()
+        count += w[:, 1:].numel()
+    model.train(was_training)
+    return total / count
+
+
+class Progress:
+    """One status line: redrawn in place on a terminal, printed every log interval otherwise."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.stream = total, stream
+        self.tty = stream.isatty()
+
+    def update(self, step: int, text: str, elapsed: float, done_steps: int):
+        eta = elapsed / max(1, done_steps) * (self.total - step)
+        line = f"step {step}/{self.total} | {text} | ETA {_hms(eta)}"
+        if self.tty:
+            self.stream.write("\r" + line[:150].ljust(150))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _hms(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return world, rank, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=print,
+          on_step=None) -> Path:
+    """Train a model into the run folder `out`; returns the folder.
+
+    `resume=True` continues the run saved in `out` (its own config; `cfg` must be None).
+    `on_step(step)` is called after every completed step (used by tests to interrupt a run).
+    Launch with `torchrun --nproc_per_node N -m sparsecircuits train ...` for data parallelism.
+    """
+    out = Path(out)
+    world, rank, local_rank = _dist_info()
+    if resume:
+        if cfg is not None:
+            raise UserError("--resume continues the run saved in RUN_DIR with its own config; "
+                            "do not pass --preset or --config with it.")
+        cfg = read_run_config(out)
+        state = read_trainer_state(out)
+    else:
+        if (out / "config.json").exists():
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose "
+                            "another --out.")
+        cfg.validate()
+        state = dict(step=0, tokens=0)
+    tc = cfg.train
+    if tc.batch_size % world:
+        raise UserError(f"train.batch_size={tc.batch_size} is not divisible by the "
+                        f"{world} processes; choose a multiple of {world}.")
+
+    device = resolve_device(tc.device)
+    if world > 1:
+        import torch.distributed as dist
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    main = rank == 0
+    say = log if main else (lambda *a, **k: None)
+
+    corpus = open_corpus(cfg.data.corpus, log=say)
+    if len(corpus.train) < cfg.model.block_size + 2 or len(corpus.val) < cfg.model.block_size + 2:
+        raise UserError(f"the corpus at {corpus.path} has too few tokens "
+                        f"({len(corpus.train)} train, {len(corpus.val)} val) for "
+                        f"block_size={cfg.model.block_size}; add sources or lower block_size.")
+    vocab = corpus.tokenizer.get_vocab_size()
+    if not resume:
+        cfg.model.vocab_size = vocab
+        if cfg.data.corpus is not None:  # None stays None: the default corpus on any machine
+            cfg.data.corpus = str(corpus.path.resolve())
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
+            shutil.copyfile(corpus.tokenizer_path, out / "tokenizer.json")
+    elif vocab != cfg.model.vocab_size:
+        raise UserError(f"the corpus tokenizer has {vocab} tokens but the run's model has "
+                        f"{cfg.model.vocab_size}; resume with the corpus the run was trained on.")
+
+    torch.manual_seed(tc.seed)
+    model = GPT(cfg.model)
+    model.reset_parameters(torch.Generator().manual_seed(tc.seed))
+    model.to(device)
+    sparsifier = WeightSparsifier(model.sparse_tensors(), cfg.sparsity)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2),
+                                 eps=tc.eps, weight_decay=0.0)
+    decay = model.decay_params()
+    if resume:
+        meta = load_weights(out, model)
+        opt_step = load_optimizer(out, model, optimizer)
+        if not (int(meta.get("step", -1)) == opt_step == state["step"]):
+            raise UserError(f"the checkpoint in {out} is inconsistent (model step {meta.get('step')},"
+                            f" optimizer step {opt_step}, trainer step {state['step']}), probably "
+                            "from an interrupted write; start a new run.")
+        _trim_metrics(out / "metrics.jsonl", state["step"])
+        say(f"resuming {out} at step {state['step']}")
+    elif not cfg.sparsity.is_dense:
+        sparsifier.project(0.0)  # a no-op unless the anneal starts at 0
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=(
+            [device.index] if device.type == "cuda" else None))
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                if tc.autocast == "bf16" and device.type == "cuda" else None)
+    val = val_windows(corpus.val, tc.eval_batches * tc.batch_size, cfg.model.block_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    local_batch = tc.batch_size // world
+    tokens_per_step = tc.batch_size * cfg.model.block_size
+
+    say(f"model: {cfg.model.n_layer} layers, d_model {cfg.model.d_model}, "
+        f"{n_params / 1e6:.2f}M parameters; target density {cfg.sparsity.weight_density:g} "
+        f"(matrices) / {cfg.sparsity.other_density:g} (embeddings, biases); "
+        f"afrac {cfg.model.afrac:g}; {tc.max_steps} steps of {tokens_per_step} tokens on {device}")
+    metrics = open(out / "metrics.jsonl", "a") if main else None
+    progress = Progress(tc.max_steps) if main else None
+    step, t_start, last_val = state["step"], time.time(), state.get("val_loss")
+    window_t, window_tokens, done = time.time(), 0, 0
+    try:
+        model.train()
+        while step < tc.max_steps:
+            frac = step / tc.max_steps
+            factor = sharkfin_factor(frac, cfg.sparsity) if tc.sharkfin else 1.0
+            lr = lr_at(step, tc.max_steps, tc.lr, tc.warmup_frac, factor)
+            x, y = batch_at(corpus.train, step, tc.seed, local_batch, cfg.model.block_size, rank)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            try:
+                loss_value = training_step(net, optimizer, sparsifier, decay, x, y, lr=lr,
+                                           next_frac=(step + 1) / tc.max_steps, tc=tc,
+                                           autocast=autocast)
+            except NonFiniteLoss as e:
+                raise TrainingDiverged(
+                    f"the loss became {e} at step {step}; stopped, and the last good "
+                    f"checkpoint (step {state['step']}) is kept in {out}; lower train.lr and start "
+                    "a new run, or resume from it.") from None
+            step += 1
+            done += 1
+            window_tokens += tokens_per_step
+            state.update(step=step, tokens=state["tokens"] + tokens_per_step)
+
+            if main and (step % tc.log_every == 0 or step == tc.max_steps):
+                now = time.time()
+                tps = window_tokens / max(now - window_t, 1e-9)
+                dens = sparsifier.densities(step / tc.max_steps)
+                row = dict(step=step, tokens=state["tokens"], loss=loss_value, lr=lr,
+                           density=dens["matrix"], density_other=dens["other"],
+                           tokens_per_s=tps, elapsed_s=now - t_start)
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                progress.update(step, f"loss {loss_value:.3f} | {tps / 1e3:.1f}k tok/s | "
+                                f"density {dens['matrix']:.3g}"
+                                + (f" | val {last_val:.3f}" if last_val is not None else ""),
+                                now - t_start, done)
+                window_t, window_tokens = now, 0
+            if step % tc.eval_every == 0 or step == tc.max_steps:
+                last_val = val_loss(model, val, tc.batch_size, device)
+                state["val_loss"] = last_val
+                if main:
+                    metrics.write(json.dumps(dict(step=step, val_loss=last_val)) + "\n")
+                    metrics.flush()
+            if main and (step % tc.checkpoint_every == 0 or step == tc.max_steps):
+                if not all(torch.isfinite(p).all() for p in model.parameters()):
+                    raise TrainingDiverged(
+                        f"the weights became non-finite at step {step}; stopped, and the last "
+                        f"good checkpoint is kept in {out}; lower train.lr and start a new run.")
+                save_checkpoint(out, model, optimizer, dict(state), cfg)
+            if on_step is not None:
+                on_step(step)
+    finally:
+        if main:
+            progress.close()
+            metrics.close()
+        if world > 1:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+    say(f"done: {step} steps, val loss {last_val:.4f}, in {_hms(time.time() - t_start)}; "
+        f"run saved in {out}")
+    return out
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_frac: float,
+                  tc: TrainConfig, autocast=None) -> float:
+    """One full step: forward, backward, RMS-normalise, Adam, project, decay. Returns the loss.
+
+    Raises NonFiniteLoss before touching any weight if the loss is NaN or infinite.
+    """
+    with autocast or contextlib.nullcontext():
+        logits = net(x)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise NonFiniteLoss(loss_value)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grads = [p.grad for p in params if p.grad is not None]
+    if tc.grad_rms_norm:
+        n = sum(p.numel() for p in params)
+        sq = torch.stack([torch.linalg.vector_norm(g) ** 2 for g in grads]).sum()
+        torch._foreach_div_(grads, (sq / n).sqrt() + 1e-5)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sparsifier.project(next_frac)  # the density the next step runs at
+    if tc.weight_decay:
+        with torch.no_grad():  # decoupled decay, after the projection (zeros stay zero)
+            torch._foreach_mul_(decay, 1.0 - tc.weight_decay * lr)
+    return loss_value
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint being resumed, so the log has no duplicate steps."""
+    if not path.exists():
+        return
+    rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in rows if json.loads(ln).get("step", 0) <= step]
+    if len(kept) != len(rows):
+        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
