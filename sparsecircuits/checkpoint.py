@@ -141,7 +141,8 @@ def load_optimizer(run_dir: Path, model: GPT, optimizer: torch.optim.Optimizer) 
 def read_trainer_state(run_dir: Path) -> dict:
     path = run_dir / STATE_FILE
     if not path.is_file():
-        raise UserError(f"{path} is missing; there is no checkpoint to resume from.")
+        raise UserError(f"{path} is missing: the run stopped before its first checkpoint, so "
+                        f"there is nothing to resume; delete {run_dir} and start again.")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):

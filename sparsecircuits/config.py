@@ -226,10 +226,10 @@ PRESETS = {
     # A real CPU run: tens of minutes.
     "small-sparse": lambda: _preset(
         _SMALL, dict(weight_density=1 / 16, other_density=1 / 4),
-        dict(batch_size=32, max_steps=4000, lr=1e-2, eval_every=250, checkpoint_every=500)),
+        dict(batch_size=32, max_steps=2500, lr=1e-2, eval_every=250, checkpoint_every=500)),
     "small-dense": lambda: _preset(
         {**_SMALL, "afrac": 1.0}, {},
-        dict(batch_size=32, max_steps=4000, lr=3e-3, eval_every=250, checkpoint_every=500)),
+        dict(batch_size=32, max_steps=2500, lr=3e-3, eval_every=250, checkpoint_every=500)),
     # The paper's 1x model (8 layers, d_model 256, 16 heads of 16, d_mlp 1024) for GPU users:
     # weight density 1/8 (L0 ~ 0.9M of ~7.4M), AbsTopK 1/4, batch 512 x 256 tokens.
     "paper-1x": lambda: _preset(

@@ -127,7 +127,9 @@ def build_corpus(out: str | Path, sources: list[str | Path] | None = None, *,
         tok = load_tokenizer(tokenizer)
     else:
         tok = train_tokenizer((f.text for f in kept if f.split == "train"), vocab_size)
-        log(f"trained a {tok.get_vocab_size()}-token BPE in {time.time() - t0:.1f}s")
+        log(f"trained a {tok.get_vocab_size()}-token BPE in {time.time() - t0:.1f}s"
+            + (f" (the corpus supports no more merges than that; {vocab_size} were asked for)"
+               if tok.get_vocab_size() < vocab_size else ""))
     if tok.get_vocab_size() > 65535:
         raise UserError("the tokenizer has more than 65535 tokens and cannot be stored as uint16.")
     eot = eot_id(tok)

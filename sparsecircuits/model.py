@@ -198,7 +198,7 @@ class GPT(nn.Module):
             x = block(x, site, pos)
         logits = self.lm_head(self.ln_f(x))
         if self.bigram is not None:
-            logits = logits + self.bigram[idx]
+            logits = logits + F.embedding(idx, self.bigram)  # deterministic backward
         return logits
 
     # ------------------------------------------------------------------ sparsity bookkeeping

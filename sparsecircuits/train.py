@@ -153,10 +153,6 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
         cfg.model.vocab_size = vocab
         if cfg.data.corpus is not None:  # None stays None: the default corpus on any machine
             cfg.data.corpus = str(corpus.path.resolve())
-        if main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
-            shutil.copyfile(corpus.tokenizer_path, out / "tokenizer.json")
     elif vocab != cfg.model.vocab_size:
         raise UserError(f"the corpus tokenizer has {vocab} tokens but the run's model has "
                         f"{cfg.model.vocab_size}; resume with the corpus the run was trained on.")
@@ -165,10 +161,14 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
     model = GPT(cfg.model)
     model.reset_parameters(torch.Generator().manual_seed(tc.seed))
     model.to(device)
-    sparsifier = WeightSparsifier(model.sparse_tensors(), cfg.sparsity)
+    sparsifier = WeightSparsifier(model.sparse_tensors(), cfg.sparsity)  # checks the budget
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2),
                                  eps=tc.eps, weight_decay=0.0)
     decay = model.decay_params()
+    if not resume and main:  # only once the config has proved buildable
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
+        shutil.copyfile(corpus.tokenizer_path, out / "tokenizer.json")
     if resume:
         meta = load_weights(out, model)
         opt_step = load_optimizer(out, model, optimizer)

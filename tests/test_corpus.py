@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+
+from sparsecircuits.corpus import Corpus, build_corpus, find_sources
+from sparsecircuits.errors import UserError
+from sparsecircuits.tokenizer import EOT, load_tokenizer, single_token, train_tokenizer
+
+from .conftest import quiet
+
+
+def write_sources(root, n=12):
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"mod_{i}.py").write_text(
+            f"def f_{i}(x, y=None):\n    return [x, {{'k': y}}, \"s{i}\", ('q',)]\n" * 20)
+    (root / "latin1.py").write_bytes("# caf\xe9\nx = 1\n".encode("latin-1"))
+    (root / "blank.py").write_text("\n\n")
+    (root / "notes.txt").write_text("not python")
+    return root
+
+
+def test_build_corpus_counts_skips_and_splits_by_file(tmp_path):
+    src = write_sources(tmp_path / "src")
+    out = build_corpus(tmp_path / "c", [src], vocab_size=300, val_frac=0.2, log=quiet)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["skipped"]["non_utf8"] == {"count": 1, "files": ["latin1.py"]}
+    assert m["skipped"]["empty"]["count"] == 1
+    assert m["totals"]["train"]["files"] + m["totals"]["val"]["files"] == 12
+    assert m["totals"]["val"]["files"] >= 1
+    c = Corpus(out)
+    eot = c.tokenizer.token_to_id(EOT)
+    # The special is the last id (the BPE may stop short of 300 on so small a corpus).
+    assert eot == c.tokenizer.get_vocab_size() - 1 == m["vocab_size"] - 1 and eot < 300
+    # Files are joined by the end-of-text token: one per file, each file's count recorded.
+    assert int((c.train == eot).sum()) == m["totals"]["train"]["files"]
+    assert len(c.train) == sum(f["tokens"] for f in m["files"] if f["split"] == "train")
+    assert all(len(f["sha256"]) == 64 for f in m["files"])
+    assert c.train.max() <= eot
+
+
+def test_build_is_deterministic(tmp_path):
+    src = write_sources(tmp_path / "src")
+    a = build_corpus(tmp_path / "a", [src], vocab_size=300, log=quiet)
+    b = build_corpus(tmp_path / "b", [src], vocab_size=300, log=quiet)
+    for f in ("train.bin", "val.bin", "tokenizer.json"):
+        assert (a / f).read_bytes() == (b / f).read_bytes()
+
+
+def test_empty_corpus_is_a_clear_error_and_leaves_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no python here")
+    with pytest.raises(UserError, match="corpus is empty"):
+        build_corpus(tmp_path / "c", [tmp_path / "empty"], log=quiet)
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(UserError, match="does not exist"):
+        build_corpus(tmp_path / "c", [tmp_path / "missing"], log=quiet)
+
+
+def test_existing_output_needs_force(tmp_path):
+    src = write_sources(tmp_path / "src")
+    out = build_corpus(tmp_path / "c", [src], vocab_size=300, log=quiet)
+    with pytest.raises(UserError, match="--force"):
+        build_corpus(out, [src], vocab_size=300, log=quiet)
+    build_corpus(out, [src], vocab_size=300, force=True, log=quiet)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_truncated_token_file_is_detected(tmp_path):
+    out = build_corpus(tmp_path / "c", [write_sources(tmp_path / "src")], vocab_size=300,
+                       log=quiet)
+    data = (out / "train.bin").read_bytes()
+    (out / "train.bin").write_bytes(data[:-10])
+    with pytest.raises(UserError, match="missing or truncated"):
+        Corpus(out)
+    with pytest.raises(UserError, match="not a corpus folder"):
+        Corpus(tmp_path)
+
+
+def test_default_sources_are_the_standard_library_without_site_packages():
+    files = find_sources()
+    names = {rel for _, rel in files}
+    assert "json/__init__.py" in names and "collections/__init__.py" in names
+    assert not any("site-packages" in str(p) for p, _ in files)
+    assert len(files) > 500
+
+
+def test_tokenizer_has_the_paper_pretokenizer_and_eot_last(tmp_path, corpus_dir):
+    tok = load_tokenizer(corpus_dir)
+    assert tok.get_vocab_size() == 512 and tok.token_to_id(EOT) == 511
+    # One punctuation char may lead a word; punctuation runs absorb trailing newlines.
+    pieces = tok.pre_tokenizer.pre_tokenize_str("x = f(a)]\n")
+    assert [p for p, _ in pieces] == ["x", "Ġ=", "Ġf", "(a", ")]Ċ"]
+    text = "def f(x):\n    return {'a': [1, 2]}\n"
+    assert tok.decode(tok.encode(text).ids) == text
+    small = train_tokenizer(["print('hi')\n" * 50], vocab_size=300)
+    assert single_token(small, "print") is not None
+    assert single_token(small, "zzzz unseen") is None
+    with pytest.raises(UserError, match="too small"):
+        train_tokenizer(["x"], vocab_size=100)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(UserError, match="not a valid tokenizer"):
+        load_tokenizer(tmp_path)
+
+
+def test_token_files_are_uint16_memmaps(corpus_dir):
+    c = Corpus(corpus_dir)
+    assert isinstance(c.train, np.memmap) and c.train.dtype == np.uint16

@@ -1,0 +1,103 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import sparsecircuits
+from sparsecircuits.checkpoint import read_trainer_state
+from sparsecircuits.evaluate import evaluate
+from sparsecircuits.train import TrainingDiverged, train
+
+from .conftest import quiet, tiny_config
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_same_weights(corpus_dir, tmp_path):
+    cfg = tiny_config(corpus_dir, train=dict(max_steps=24, checkpoint_every=5))
+    train(cfg, tmp_path / "straight", log=quiet)
+
+    def crash_at_13(step):
+        if step == 13:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(tiny_config(corpus_dir, train=dict(max_steps=24, checkpoint_every=5)),
+              tmp_path / "resumed", log=quiet, on_step=crash_at_13)
+    assert read_trainer_state(tmp_path / "resumed")["step"] == 10
+    train(None, tmp_path / "resumed", resume=True, log=quiet)
+
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # The metrics log has each step once, as if the run had never stopped.
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "resumed" / "metrics.jsonl").open()
+             if "loss" in json.loads(ln)]
+    assert steps == [5, 10, 15, 20, 24]
+
+
+def test_run_folder_contents_and_final_density(corpus_dir, tmp_path):
+    run = train(tiny_config(corpus_dir), tmp_path / "run", log=quiet)
+    for f in ("config.json", "tokenizer.json", "model.safetensors", "optimizer.safetensors",
+              "trainer_state.json", "metrics.jsonl"):
+        assert (run / f).is_file(), f
+    cfg = sparsecircuits.load_config(run / "config.json")
+    assert cfg.model.vocab_size == 512
+    report = evaluate(run)
+    for t in report.tensors:
+        target = 0.25 if t.name.endswith("weight") and "blocks" in t.name else 0.5
+        assert t.nonzero == int(target * torch.Size(t.shape).numel() + 1e-6), t.name
+        if t.min_per_neuron is not None:
+            assert t.min_per_neuron >= 4, t.name
+    assert report.l0 == sum(t.nonzero for t in report.tensors)
+    assert 0 < report.val_loss < 7
+    for kind, d in report.activation_density.items():
+        assert d <= 0.25 + 1e-6, kind
+    model, tok = sparsecircuits.load(run)
+    assert tok.get_vocab_size() == model.cfg.vocab_size
+
+
+def test_training_lowers_the_loss(corpus_dir, tmp_path):
+    run = train(tiny_config(corpus_dir, train=dict(max_steps=60, eval_every=60)),
+                tmp_path / "run", log=quiet)
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").open()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < losses[0] - 1.0
+
+
+def test_dense_training_is_the_same_code_with_density_one(corpus_dir, tmp_path):
+    cfg = tiny_config(corpus_dir, model=dict(afrac=1.0),
+                      sparsity=dict(weight_density=1.0, other_density=1.0))
+    run = train(cfg, tmp_path / "dense", log=quiet)
+    report = evaluate(run)
+    assert all(t.density > 0.99 for t in report.tensors)
+    assert report.activation_density["mlp.neuron"] > 0.9
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_dir, tmp_path):
+    cfg = tiny_config(corpus_dir, train=dict(max_steps=40, lr=1e30, checkpoint_every=1,
+                                             warmup_frac=0.0, weight_decay=0.0))
+    with pytest.raises(TrainingDiverged, match="the last good checkpoint") as err:
+        train(cfg, tmp_path / "run", log=quiet)
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert "lower train.lr" in str(err.value)
+
+
+def test_starting_over_an_existing_run_is_refused(corpus_dir, tmp_path):
+    train(tiny_config(corpus_dir, train=dict(max_steps=5)), tmp_path / "run", log=quiet)
+    with pytest.raises(sparsecircuits.UserError, match="already holds a run; pass --resume"):
+        train(tiny_config(corpus_dir), tmp_path / "run", log=quiet)
+
+
+def test_same_seed_same_model(corpus_dir, tmp_path):
+    for name in ("a", "b"):
+        train(tiny_config(corpus_dir, train=dict(max_steps=6)), tmp_path / name, log=quiet)
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
