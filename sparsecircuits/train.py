@@ -3,7 +3,7 @@
 One step:   loss = CE(model(x), y); backward; g /= rms(g) + 1e-5; Adam step (dense)
             project every sparse tensor onto its scheduled top-k; p -= wd * lr * p (matrices)
 
-The batch of step t is a pure function of (seed, t, rank), so `--resume` replays the exact data
+The batch of step t is a pure function of (seed, t), so `--resume` replays the exact data
 order with no RNG state to carry; with Adam moments restored, a resumed run reproduces the
 uninterrupted one bit for bit on the same machine.
 """
@@ -44,12 +44,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def batch_at(data: np.ndarray, step: int, seed: int, batch: int, block: int, rank: int = 0):
-    """Random windows of `block + 1` tokens for a step: a pure function of (seed, step, rank)."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+def batch_at(data: np.ndarray, step: int, seed: int, batch: int, block: int, rank: int = 0,
+             world: int = 1):
+    """This process's share of step `step`'s global batch of `batch` windows of `block + 1` tokens.
+
+    The global batch is a pure function of (seed, step), so 1 or N processes see the same data.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     starts = torch.randint(len(data) - block - 1, (batch,), generator=g).numpy()
-    rows = np.stack([data[s:s + block + 1] for s in starts]).astype(np.int64)
-    t = torch.from_numpy(rows)
+    local = batch // world
+    rows = np.stack([data[s:s + block + 1] for s in starts[rank * local:(rank + 1) * local]])
+    t = torch.from_numpy(rows.astype(np.int64))
     return t[:, :-1], t[:, 1:]
 
 
@@ -189,7 +194,6 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
                 if tc.autocast == "bf16" and device.type == "cuda" else None)
     val = val_windows(corpus.val, tc.eval_batches * tc.batch_size, cfg.model.block_size)
     n_params = sum(p.numel() for p in model.parameters())
-    local_batch = tc.batch_size // world
     tokens_per_step = tc.batch_size * cfg.model.block_size
 
     say(f"model: {cfg.model.n_layer} layers, d_model {cfg.model.d_model}, "
@@ -206,7 +210,8 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
             frac = step / tc.max_steps
             factor = sharkfin_factor(frac, cfg.sparsity) if tc.sharkfin else 1.0
             lr = lr_at(step, tc.max_steps, tc.lr, tc.warmup_frac, factor)
-            x, y = batch_at(corpus.train, step, tc.seed, local_batch, cfg.model.block_size, rank)
+            x, y = batch_at(corpus.train, step, tc.seed, tc.batch_size, cfg.model.block_size,
+                            rank, world)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             try:
                 loss_value = training_step(net, optimizer, sparsifier, decay, x, y, lr=lr,
@@ -262,6 +267,15 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
     return out
 
 
+def _mean_over_processes(t: torch.Tensor) -> float:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.item()
+
+
 class NonFiniteLoss(Exception):
     pass
 
@@ -275,7 +289,7 @@ def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_fr
     with autocast or contextlib.nullcontext():
         logits = net(x)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-    loss_value = loss.item()
+    loss_value = _mean_over_processes(loss.detach())  # every process then stops together
     if not math.isfinite(loss_value):
         raise NonFiniteLoss(loss_value)
     loss.backward()

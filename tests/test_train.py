@@ -101,3 +101,28 @@ def test_same_seed_same_model(corpus_dir, tmp_path):
     a = load_file(tmp_path / "a" / "model.safetensors")
     b = load_file(tmp_path / "b" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_data_parallel_run_matches_a_single_process(corpus_dir, tmp_path):
+    """torchrun with 2 CPU processes sees the same global batches as one process."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = tiny_config(corpus_dir, train=dict(max_steps=8, batch_size=4, eval_every=8))
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    train(tiny_config(corpus_dir, train=dict(max_steps=8, batch_size=4, eval_every=8)),
+          tmp_path / "single", log=quiet)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29517", "-m", "sparsecircuits", "train", "--config",
+         str(tmp_path / "cfg.json"), "--out", str(tmp_path / "ddp")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    single = [json.loads(ln) for ln in (tmp_path / "single" / "metrics.jsonl").open()]
+    ddp = [json.loads(ln) for ln in (tmp_path / "ddp" / "metrics.jsonl").open()]
+    for a, b in zip(single, ddp):
+        assert a["step"] == b["step"]
+        key = "loss" if "loss" in a else "val_loss"
+        assert b[key] == pytest.approx(a[key], abs=1e-3)
