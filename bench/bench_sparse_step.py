@@ -1,12 +1,12 @@
 """Sparse-step overhead and projection speed, measured side by side in one run.
 
-For each preset pair (tiny, small) this times one full training step of the sparse preset
+For each preset pair (tiny, small, and the paper's 1x shapes at a small batch) this times one full training step of the sparse preset
 (AbsTopK at the eight sites + weight projection + optimizer) and of a dense model of the same
 shapes (no AbsTopK, density 1), interleaving the two so machine noise hits both alike, and
 prints the ratio of medians. It also times the weight projection with the threshold selection
 used in training against a plain per-tensor `torch.topk` selection, on the same weights.
 
-    python bench/bench_sparse_step.py [--rounds 15] [--steps 5] [--presets tiny small]
+    python bench/bench_sparse_step.py [--rounds 15] [--steps 5] [--presets tiny small paper-1x]
 """
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ def time_steps(model, opt, sp, cfg, x, y, n):
 
 
 def bench_pair(name: str, rounds: int, steps: int):
-    sparse_cfg = preset(f"{name}-sparse")
+    if name == "paper-1x":  # the paper's 1x shapes, at a CPU-sized batch of 4 x 256 tokens
+        sparse_cfg = preset("paper-1x")
+        sparse_cfg.train.batch_size = 4
+    else:
+        sparse_cfg = preset(f"{name}-sparse")
     dense_cfg = copy.deepcopy(sparse_cfg)
     dense_cfg.model.afrac = 1.0
     dense_cfg.sparsity.weight_density = dense_cfg.sparsity.other_density = 1.0
@@ -107,7 +111,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    ap.add_argument("--presets", nargs="+", default=["tiny", "small", "paper-1x"])
     a = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
           f"{platform.processor() or platform.platform()}")

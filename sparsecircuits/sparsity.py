@@ -88,20 +88,36 @@ def topk_mask_sort(s: torch.Tensor, k: int) -> torch.Tensor:
 def abstopk(x: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest-|x| entries of every vector along the last dim; zero the rest.
 
-    Exactly k entries survive per vector (fewer nonzeros only when the vector has fewer than k).
-    The gradient flows to the kept entries only.
+    Exactly k entries survive per vector (all of its nonzeros if it has fewer than k); ties at
+    the threshold are broken by position. The gradient flows to the kept entries only.
     """
-    d = x.shape[-1]
-    if k >= d:
+    if k >= x.shape[-1]:
         return x
-    a = x.detach().abs()
-    keep = a >= _kth_largest_rows(a, k)  # every row keeps >= k; more only on exact ties
-    if torch.count_nonzero(keep) != k * keep[..., 0].numel():
-        rows = (keep.sum(-1) > k).nonzero(as_tuple=True)  # rank tied rows by position instead
-        fixed = torch.zeros_like(keep[rows])
-        fixed.scatter_(-1, a[rows].topk(k, dim=-1).indices, True)
-        keep[rows] = fixed
-    return x * keep
+    return _AbsTopK.apply(x, k)
+
+
+class _AbsTopK(torch.autograd.Function):
+    """x * mask with a float 0/1 mask built in place: on the CPU about twice as fast as a
+    boolean mask through autograd, and the same mask serves the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, k):
+        mask = x.detach().abs()
+        thr = _kth_largest_rows(mask, k).clamp_min_(torch.finfo(mask.dtype).tiny)  # zeros never kept
+        mask.ge_(thr)
+        over = mask.sum(-1) > k
+        if over.any():  # exact ties at the threshold: rank those rows by position instead
+            rows = over.nonzero(as_tuple=True)
+            fixed = torch.zeros_like(mask[rows])
+            fixed.scatter_(-1, x.detach()[rows].abs().topk(k, dim=-1).indices, 1.0)
+            mask[rows] = fixed
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
 
 
 def _kth_largest_rows(a: torch.Tensor, k: int) -> torch.Tensor:
