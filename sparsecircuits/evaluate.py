@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,7 @@ class EvalReport:
     total_params: int
     tensors: list[TensorStats] = field(default_factory=list)
     activation_density: dict[str, float] = field(default_factory=dict)  # per site kind
+    training: dict = field(default_factory=dict)  # steps, tokens, wall time, tokens/s (metrics.jsonl)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +51,11 @@ class EvalReport:
             lines.append(f"{t.name:<28} {shape:>12} {t.nonzero:>9,} {t.density:>8.4f} {floor:>10}")
         lines += ["", "activation density (fraction of nonzero entries per token vector)"]
         lines += [f"  {k:<12} {v:.4f}" for k, v in self.activation_density.items()]
+        if self.training:
+            t = self.training
+            lines.insert(3, f"training       {t['steps']:,} steps, {t['tokens']:,} tokens in "
+                            f"{t['elapsed_s'] / 60:.1f} min; median {t['median_tokens_per_s']:,.0f} "
+                            "tokens/s")
         return "\n".join(lines)
 
 
@@ -81,6 +89,25 @@ def activation_density(model, windows: torch.Tensor, batch: int = 16) -> dict[st
     return {k: nz / max(1, n) for k, (nz, n) in counts.items()}
 
 
+def training_summary(run_dir: Path) -> dict:
+    """Steps, tokens, wall time and median throughput from a run's metrics.jsonl ({} if none).
+
+    Wall time adds up the logged intervals, so a resumed run counts only time spent training.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [r for r in map(json.loads, path.read_text().splitlines()) if "tokens_per_s" in r]
+    if not rows:
+        return {}
+    elapsed, prev = 0.0, 0.0
+    for r in rows:  # elapsed_s restarts from 0 when a run is resumed
+        elapsed += r["elapsed_s"] - prev if r["elapsed_s"] >= prev else r["elapsed_s"]
+        prev = r["elapsed_s"]
+    return dict(steps=rows[-1]["step"], tokens=rows[-1]["tokens"], elapsed_s=elapsed,
+                median_tokens_per_s=statistics.median(r["tokens_per_s"] for r in rows))
+
+
 def evaluate(run_dir: str | Path, *, batches: int | None = None) -> EvalReport:
     """Evaluate a run folder on its corpus's val split."""
     cfg = read_run_config(run_dir)
@@ -98,4 +125,5 @@ def evaluate(run_dir: str | Path, *, batches: int | None = None) -> EvalReport:
         total_params=model.num_params(),
         tensors=stats,
         activation_density=activation_density(model, windows[: 4 * cfg.train.batch_size]),
+        training=training_summary(run_dir),
     )

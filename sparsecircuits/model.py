@@ -126,6 +126,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None):
+        """The paper's init: N(0, 0.02), output projections 0.02/sqrt(2 n_layer), biases 0,
+        bigram U[0, 0.02), norm gains 1. Draws from `generator` (default: torch's global RNG)."""
         std = self.cfg.init_std
         proj_std = std / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():

@@ -162,10 +162,8 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
         raise UserError(f"the corpus tokenizer has {vocab} tokens but the run's model has "
                         f"{cfg.model.vocab_size}; resume with the corpus the run was trained on.")
 
-    torch.manual_seed(tc.seed)
-    model = GPT(cfg.model)
-    model.reset_parameters(torch.Generator().manual_seed(tc.seed))
-    model.to(device)
+    torch.manual_seed(tc.seed)  # the initial weights are a function of the seed
+    model = GPT(cfg.model).to(device)
     sparsifier = WeightSparsifier(model.sparse_tensors(), cfg.sparsity)  # checks the budget
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2),
                                  eps=tc.eps, weight_decay=0.0)
@@ -297,7 +295,7 @@ def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_fr
     grads = [p.grad for p in params if p.grad is not None]
     if tc.grad_rms_norm:
         n = sum(p.numel() for p in params)
-        sq = torch.stack([torch.linalg.vector_norm(g) ** 2 for g in grads]).sum()
+        sq = torch.stack(torch._foreach_norm(grads)).square().sum()
         torch._foreach_div_(grads, (sq / n).sqrt() + 1e-5)
     for group in optimizer.param_groups:
         group["lr"] = lr

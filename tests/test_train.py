@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 import sparsecircuits
 from sparsecircuits.checkpoint import read_trainer_state
-from sparsecircuits.evaluate import evaluate
+from sparsecircuits.evaluate import evaluate, training_summary
 from sparsecircuits.train import TrainingDiverged, train
 
 from .conftest import quiet, tiny_config
@@ -39,6 +39,9 @@ def test_resume_after_interruption_gives_the_same_weights(corpus_dir, tmp_path):
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "resumed" / "metrics.jsonl").open()
              if "loss" in json.loads(ln)]
     assert steps == [5, 10, 15, 20, 24]
+    summary = training_summary(tmp_path / "resumed")
+    assert summary["steps"] == 24 and summary["tokens"] == 24 * 4 * 32
+    assert 0 < summary["elapsed_s"] < 60
 
 
 def test_run_folder_contents_and_final_density(corpus_dir, tmp_path):

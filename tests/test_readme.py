@@ -1,0 +1,27 @@
+"""The README's Python example runs as written (against a tiny run)."""
+
+import re
+from pathlib import Path
+
+from sparsecircuits.train import train
+
+from .conftest import quiet, tiny_config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs(corpus_dir, tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "the README has no Python example"
+    train(tiny_config(corpus_dir, train=dict(max_steps=2)), tmp_path / "runs" / "tiny-sparse",
+          log=quiet)
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        namespace = {}
+        exec(compile(code, "README.md", "exec"), namespace)
+        assert not namespace["torch"].equal(namespace["logits"], namespace["patched"])
+
+
+def test_readme_and_ci_share_the_test_command():
+    ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci in README.read_text()
