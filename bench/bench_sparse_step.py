@@ -1,10 +1,11 @@
 """Sparse-step overhead and projection speed, measured side by side in one run.
 
-For each preset pair (tiny, small, and the paper's 1x shapes at a small batch) this times one full training step of the sparse preset
-(AbsTopK at the eight sites + weight projection + optimizer) and of a dense model of the same
-shapes (no AbsTopK, density 1), interleaving the two so machine noise hits both alike, and
-prints the ratio of medians. It also times the weight projection with the threshold selection
-used in training against a plain per-tensor `torch.topk` selection, on the same weights.
+For each preset pair (tiny, small, and the paper's 1x shapes at a small batch) this times one
+full training step of the sparse preset (AbsTopK at the eight sites + weight projection +
+optimizer) and of a dense model of the same shapes (no AbsTopK, density 1), interleaving the
+two so machine noise hits both alike, and prints the ratio of medians. It also times the
+weight projection with the threshold selection used in training against a plain per-tensor
+`torch.topk` selection, on the same weights.
 
     python bench/bench_sparse_step.py [--rounds 15] [--steps 5] [--presets tiny small paper-1x]
 """
@@ -57,7 +58,7 @@ def bench_pair(name: str, rounds: int, steps: int):
     x, y = data[:, :-1], data[:, 1:]
     runs = {"sparse": (*make(sparse_cfg), sparse_cfg), "dense": (*make(dense_cfg), dense_cfg)}
     times = {k: [] for k in runs}
-    for k, (m, o, s, c) in runs.items():  # warm-up
+    for m, o, s, c in runs.values():  # warm-up
         time_steps(m, o, s, c, x, y, 2)
     for _ in range(rounds):
         for k, (m, o, s, c) in runs.items():
