@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .tokenizer import eot_id, load_tokenizer, train_tokenizer
+from .tokenizer import TASK_ANSWERS, eot_id, load_tokenizer, train_tokenizer
 
 MANIFEST_VERSION = 1
 SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
@@ -105,8 +105,12 @@ def read_sources(files: list[tuple[Path, str]], val_frac: float):
 
 def build_corpus(out: str | Path, sources: list[str | Path] | None = None, *,
                  vocab_size: int = 2048, val_frac: float = 0.02, tokenizer: str | Path | None = None,
-                 force: bool = False, log=print) -> Path:
-    """Build a corpus folder at `out`; returns its path. Written to a temp folder, then renamed."""
+                 reserve: tuple[str, ...] = TASK_ANSWERS, force: bool = False, log=print) -> Path:
+    """Build a corpus folder at `out`; returns its path. Written to a temp folder, then renamed.
+
+    The tokenizer is trained on the train split with `reserve` (by default the task suite's
+    answers) made single tokens, unless an existing `tokenizer` file is given.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} already exists and is not empty; choose another --out or pass "
@@ -126,7 +130,7 @@ def build_corpus(out: str | Path, sources: list[str | Path] | None = None, *,
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
     else:
-        tok = train_tokenizer((f.text for f in kept if f.split == "train"), vocab_size)
+        tok = train_tokenizer((f.text for f in kept if f.split == "train"), vocab_size, reserve)
         log(f"trained a {tok.get_vocab_size()}-token BPE in {time.time() - t0:.1f}s"
             + (f" (the corpus supports no more merges than that; {vocab_size} were asked for)"
                if tok.get_vocab_size() < vocab_size else ""))
@@ -159,7 +163,7 @@ def build_corpus(out: str | Path, sources: list[str | Path] | None = None, *,
             version=MANIFEST_VERSION,
             sources=[str(s) for s in sources] if sources else [str(stdlib_dir())],
             python=sys.version.split()[0], vocab_size=tok.get_vocab_size(), eot_id=eot,
-            val_frac=val_frac, totals=totals,
+            val_frac=val_frac, reserved=list(reserve) if tokenizer is None else None, totals=totals,
             skipped={k: dict(count=len(v), files=v) for k, v in skipped.items()},
             tokenizer_sha256=_sha256_file(tmp / "tokenizer.json"),
             files=sorted(records, key=lambda r: r["path"]),
@@ -213,7 +217,9 @@ class Corpus:
 def default_corpus_dir(vocab_size: int = 2048) -> Path:
     home = os.environ.get("SPARSECIRCUITS_HOME") or Path.home() / ".cache" / "sparsecircuits"
     ver = "".join(map(str, sys.version_info[:2]))
-    return Path(home) / "corpus" / f"stdlib-py{ver}-v{vocab_size}"
+    # The reserved answers are part of the recipe: a change to them must not reuse a stale cache.
+    recipe = hashlib.sha256(repr(TASK_ANSWERS).encode()).hexdigest()[:8]
+    return Path(home) / "corpus" / f"stdlib-py{ver}-v{vocab_size}-{recipe}"
 
 
 def open_corpus(path: str | Path | None, log=print) -> Corpus:

@@ -1,0 +1,159 @@
+"""The task format: pairs of minimally different prompts whose correct next tokens differ.
+
+A `Pair` holds two prompts: `clean`, whose correct next token is `target`, and `corrupt`,
+whose correct next token is `alt` (for a constant-answer control, `target` for both). Answers
+are text; the tokenizer resolves them to tokens, and a pair whose answers are not two distinct
+single tokens is rejected with an error that names the task, the answers and their
+tokenization. `clean_rest` / `corrupt_rest` hold the text that naturally follows each answer,
+so a test can check that the answer is the very token the model sees in such code (the paper's
+pre-tokenizer glues punctuation to a following newline, so `")` and `")\\n` are different
+questions).
+
+The loss is the paper's two-token contrast cross-entropy at the last position,
+
+    L_pair = softplus(z1[alt] - z1[target]) + softplus(z2[target] - z2[alt])
+
+reported per sequence (L_pair / 2), so 0.15 means what the paper's target means (about 86%
+on the right token; chance is ln 2 = 0.69). Accuracy counts sequences whose right answer
+out-scores the other.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from ..errors import UserError, closest
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Pair:
+    clean: str             # prompt whose correct next token is `target`
+    corrupt: str           # minimally different prompt whose correct next token is `alt`
+    target: str
+    alt: str
+    clean_rest: str = ""   # what naturally follows `target` after `clean`
+    corrupt_rest: str = ""  # what naturally follows `alt` after `corrupt`
+    constant: bool = False  # control: both prompts want `target`
+
+    def sequences(self) -> tuple[tuple[str, str, str], tuple[str, str, str]]:
+        """(prompt, right answer, wrong answer) for each of the two prompts."""
+        second = (self.corrupt, self.target, self.alt) if self.constant else \
+            (self.corrupt, self.alt, self.target)
+        return (self.clean, self.target, self.alt), second
+
+
+def differ_in_one_span(pair: Pair, max_chars: int = 40) -> bool:
+    """The default minimality check: the prompts differ in one contiguous span of text."""
+    ops = [op for op in difflib.SequenceMatcher(None, pair.clean, pair.corrupt,
+                                                autojunk=False).get_opcodes() if op[0] != "equal"]
+    if len(ops) != 1:
+        return False
+    _, i1, i2, j1, j2 = ops[0]
+    return max(i2 - i1, j2 - j1) <= max_chars
+
+
+@dataclass
+class Task:
+    """A named behaviour. `make(rng, split)` draws one pair from the split's templates/values.
+
+    `differs(pair)` says whether a pair's prompts differ only where the task says they do
+    (`differs_doc`, in words); the default allows one contiguous span.
+    """
+    name: str
+    description: str
+    make: Callable[[random.Random, str], Pair]
+    differs_doc: str = "the prompts differ in one contiguous span"
+    differs: Callable[[Pair], bool] = differ_in_one_span
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def pairs(self, n: int, split: str = "test", seed: int = 0) -> list[Pair]:
+        """n distinct pairs of the split; the same n, split and seed give the same pairs."""
+        if split not in SPLITS:
+            raise UserError(f"unknown split '{split}'{closest(split, SPLITS)}; use train or test.")
+        if n < 1:
+            raise UserError(f"asked for {n} pairs of task '{self.name}'; ask for at least 1.")
+        rng = random.Random(f"{self.name}/{split}/{seed}")
+        out, seen = [], set()
+        for _ in range(50 * n + 500):
+            p = self.make(rng, split)
+            if (p.clean, p.corrupt) not in seen:
+                seen.add((p.clean, p.corrupt))
+                out.append(p)
+                if len(out) == n:
+                    return out
+        raise UserError(f"task '{self.name}' can make only {len(out)} distinct {split} pairs; "
+                        f"ask for at most {len(out)}.")
+
+
+def inverted(task: Task) -> Task:
+    """Control: the same prompts with the answers swapped (a behaviour the model never had)."""
+    def make(rng, split):
+        p = task.make(rng, split)
+        return replace(p, target=p.alt, alt=p.target, clean_rest="", corrupt_rest="")
+    return Task(f"{task.name}:inverted", f"control: {task.name} with its answers swapped", make,
+                task.differs_doc, task.differs, ("control",))
+
+
+def constant(task: Task) -> Task:
+    """Control: the same prompts, but both want the task's first answer (no behaviour needed)."""
+    def make(rng, split):
+        p = task.make(rng, split)
+        return replace(p, constant=True, clean_rest="", corrupt_rest="")
+    return Task(f"{task.name}:constant",
+                f"control: {task.name} prompts that always want the clean answer", make,
+                task.differs_doc, task.differs, ("control",))
+
+
+# ----------------------------------------------------------------------------- split helpers
+
+def split_half(items: Sequence[str], split: str, salt: str = "") -> list[str]:
+    """A deterministic, disjoint train/test half of `items` (by a hash of each item).
+
+    Held-out generalisation is measured on values a circuit never saw during pruning.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+
+    def side(x):
+        return "test" if hashlib.sha256(f"{salt}/{x}".encode()).digest()[0] % 2 else "train"
+
+    chosen = [x for x in items if side(x) == split]
+    if not chosen:
+        raise ValueError(f"split_half left the {split} split empty for {list(items)!r}")
+    return chosen
+
+
+def by_split(train: Sequence, test: Sequence, split: str) -> list:
+    """The list (of templates or values) that belongs to `split`."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+    return list(train if split == "train" else test)
+
+
+# ----------------------------------------------------------------------------- tokens
+
+def answer_ids(tok, task_name: str, target: str, alt: str) -> tuple[int, int]:
+    """The single-token ids of a pair's answers, or a UserError naming what is wrong."""
+    t = tok.encode(target, add_special_tokens=False)
+    a = tok.encode(alt, add_special_tokens=False)
+    if len(t.ids) != 1 or len(a.ids) != 1 or t.ids == a.ids:
+        raise UserError(
+            f"task '{task_name}': answers {target!r} and {alt!r} must be two distinct single "
+            f"tokens, but the tokenizer splits them as {t.tokens} and {a.tokens}; choose "
+            "answers that are single tokens, or train the tokenizer with them reserved.")
+    return t.ids[0], a.ids[0]
+
+
+def is_natural(tok, prompt: str, answer: str, rest: str) -> bool:
+    """True if, in the text prompt + answer + rest, the tokenizer ends the prompt where the
+    prompt ends and emits `answer` as the next single token."""
+    head = tok.encode(prompt, add_special_tokens=False).ids
+    full = tok.encode(prompt + answer + rest, add_special_tokens=False).ids
+    ans = tok.encode(answer, add_special_tokens=False).ids
+    return len(ans) == 1 and full[:len(head) + 1] == head + ans

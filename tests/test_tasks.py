@@ -1,0 +1,58 @@
+"""Every task of the suite: variety, determinism, disjoint splits, minimal pairs, single-token
+answers that are the natural next token under the default tokenizer."""
+
+import pytest
+
+from sparsecircuits.corpus import open_corpus
+from sparsecircuits.tasks import PAPER_TASKS, SUITE, answer_ids, is_natural
+
+N = 60
+
+
+@pytest.fixture(scope="session")
+def default_tok():
+    return open_corpus(None, log=lambda *a: None).tokenizer
+
+
+def test_the_suite_has_the_papers_twenty_tasks():
+    assert sorted(SUITE) == sorted(PAPER_TASKS)
+
+
+@pytest.mark.parametrize("name", sorted(SUITE))
+def test_pairs_are_distinct_deterministic_and_varied(name):
+    task = SUITE[name]
+    for seed in range(4):
+        pairs = task.pairs(N, "train", seed)
+        assert len({(p.clean, p.corrupt) for p in pairs}) == N
+        assert pairs == task.pairs(N, "train", seed)
+        assert all(p.clean != p.corrupt for p in pairs)
+    assert task.pairs(N, "train", 0) != task.pairs(N, "train", 1)
+    # Real variety: many distinct prompt lengths, not one template with one slot.
+    assert len({len(p.clean) for p in task.pairs(200, "test", 0)}) >= 10
+
+
+@pytest.mark.parametrize("name", sorted(SUITE))
+def test_no_prompt_appears_in_both_splits(name):
+    task = SUITE[name]
+    train = {s for p in task.pairs(300, "train", 0) for s in (p.clean, p.corrupt)}
+    test = {s for p in task.pairs(300, "test", 0) for s in (p.clean, p.corrupt)}
+    assert not train & test
+
+
+@pytest.mark.parametrize("name", sorted(SUITE))
+def test_prompts_differ_only_where_the_task_says(name):
+    task = SUITE[name]
+    for split in ("train", "test"):
+        for p in task.pairs(N, split, 0):
+            assert task.differs(p), (task.differs_doc, p)
+
+
+@pytest.mark.parametrize("name", sorted(SUITE))
+def test_answers_are_distinct_single_natural_tokens(name, default_tok):
+    task = SUITE[name]
+    for split in ("train", "test"):
+        for p in task.pairs(N, split, 0):
+            answer_ids(default_tok, name, p.target, p.alt)
+            assert is_natural(default_tok, p.clean, p.target, p.clean_rest), (p.clean, p.target)
+            assert is_natural(default_tok, p.corrupt, p.alt, p.corrupt_rest), (p.corrupt, p.alt)
+            assert len(default_tok.encode(p.clean).ids) <= 250
