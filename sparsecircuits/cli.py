@@ -56,9 +56,35 @@ def cmd_train(a):
 
 
 def cmd_eval(a):
-    from .evaluate import evaluate
-    report = evaluate(a.run_dir, batches=a.batches)
+    from .evaluate import evaluate, evaluate_tasks
+    if a.tasks:
+        report = evaluate_tasks(a.run_dir, a.tasks, n=a.n, split=a.split, seed=a.seed)
+    else:
+        report = evaluate(a.run_dir, batches=a.batches, corpus=a.corpus)
     print(json.dumps(report.to_dict(), indent=1) if a.json else report.format())
+
+
+def cmd_tasks_list(a):
+    from .tasks import PAPER_TASKS, SUITE
+    print(f"{len(PAPER_TASKS)} tasks of the paper's suite (each also as NAME:inverted and "
+          "NAME:constant controls; a .toml file names a task of your own):\n")
+    for name in PAPER_TASKS:
+        print(f"  {name:<28} {SUITE[name].description}")
+
+
+def cmd_tasks_show(a):
+    from .tasks import get_task
+    from .tasks.show import show_pairs
+    tok = _tokenizer_for(a.run)
+    print(show_pairs(get_task(a.name), tok, n=a.n, split=a.split, seed=a.seed))
+
+
+def _tokenizer_for(run):
+    if run:
+        from .checkpoint import load
+        return load(run)[1]
+    from .corpus import open_corpus
+    return open_corpus(None).tokenizer
 
 
 def cmd_presets(a):
@@ -109,7 +135,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--batches", type=int, default=None, help="val batches (default: the run's)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    e.add_argument("--corpus", metavar="DIR", help="evaluate on this corpus (default: the run's)")
+    e.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="instead: per-task loss and accuracy; 'all', names, NAME:inverted, "
+                        "NAME:constant or .toml files")
+    e.add_argument("--n", type=int, default=64, help="pairs per task (with --tasks)")
+    e.add_argument("--split", default="test", choices=["train", "test"])
+    e.add_argument("--seed", type=int, default=0)
     e.set_defaults(fn=cmd_eval)
+
+    tk = sub.add_parser("tasks", help="the task suite: list tasks, show their pairs")
+    tsub = tk.add_subparsers(dest="tasks_command", metavar="ACTION", required=True)
+    tl = tsub.add_parser("list", help="the paper's twenty tasks")
+    tl.set_defaults(fn=cmd_tasks_list)
+    ts = tsub.add_parser("show", help="print a task's pairs with their answer tokens")
+    ts.add_argument("name", metavar="TASK", help="a task name, NAME:inverted, or a .toml file")
+    ts.add_argument("--n", type=int, default=5)
+    ts.add_argument("--split", default="test", choices=["train", "test"])
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--run", metavar="RUN_DIR", help="use this run's tokenizer (default: the "
+                    "default corpus's)")
+    ts.set_defaults(fn=cmd_tasks_show)
 
     pr = sub.add_parser("presets", help="list the named configs")
     pr.set_defaults(fn=cmd_presets)

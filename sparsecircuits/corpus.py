@@ -205,6 +205,13 @@ class Corpus:
                                 "rebuild the corpus with `sparsecircuits corpus build --force`.")
             self.splits[split] = np.memmap(f, dtype=np.uint16, mode="r")
 
+    def check_tokenizer(self, tokenizer_file: Path) -> None:
+        """Refuse to pair this corpus's token ids with a model trained on another tokenizer."""
+        if _sha256_file(Path(tokenizer_file)) != _sha256_file(self.tokenizer_path):
+            raise UserError(f"{tokenizer_file} differs from the tokenizer of the corpus at "
+                            f"{self.path}, so its token ids mean other things to the model; pass "
+                            "--corpus with the corpus the run was trained on.")
+
     @property
     def train(self) -> np.ndarray:
         return self.splits["train"]

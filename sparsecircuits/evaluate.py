@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from .checkpoint import load, read_run_config
 from .config import SITE_KINDS
 from .corpus import open_corpus
+from .tasks import TARGET_LOSS, TaskResult, get_tasks, task_metrics
 from .train import val_loss, val_windows
 
 
@@ -89,6 +91,36 @@ def activation_density(model, windows: torch.Tensor, batch: int = 16) -> dict[st
     return {k: nz / max(1, n) for k, (nz, n) in counts.items()}
 
 
+@dataclass
+class TaskTable:
+    run: str
+    results: list[TaskResult]
+
+    def to_dict(self) -> dict:
+        return dict(run=self.run, target_loss=TARGET_LOSS,
+                    results=[r.to_dict() for r in self.results])
+
+    def format(self) -> str:
+        r0 = self.results[0]
+        lines = [f"{self.run}: {r0.pairs} {r0.split} pairs per task; loss is the per-sequence "
+                 f"two-token cross-entropy (chance {math.log(2):.2f}, target {TARGET_LOSS})",
+                 "", f"{'task':<32} {'loss':>7} {'acc':>6}  {'<= target':>9}"]
+        for r in self.results:
+            lines.append(f"{r.task:<32} {r.loss:>7.3f} {r.accuracy:>6.1%}  "
+                         f"{'yes' if r.meets_target else '-':>9}")
+        met = sum(r.meets_target for r in self.results)
+        lines += ["", f"{met} of {len(self.results)} tasks at or below the target loss"]
+        return "\n".join(lines)
+
+
+def evaluate_tasks(run_dir: str | Path, tasks=("all",), *, n: int = 64, split: str = "test",
+                   seed: int = 0) -> TaskTable:
+    """Per-task loss and accuracy of a run on `n` pairs of each task's `split`."""
+    model, tok = load(run_dir)
+    return TaskTable(str(run_dir), [task_metrics(model, tok, t, n, split, seed)
+                                    for t in get_tasks(tasks)])
+
+
 def training_summary(run_dir: Path) -> dict:
     """Steps, tokens, wall time and median throughput from a run's metrics.jsonl ({} if none).
 
@@ -108,11 +140,13 @@ def training_summary(run_dir: Path) -> dict:
                 median_tokens_per_s=statistics.median(r["tokens_per_s"] for r in rows))
 
 
-def evaluate(run_dir: str | Path, *, batches: int | None = None) -> EvalReport:
-    """Evaluate a run folder on its corpus's val split."""
+def evaluate(run_dir: str | Path, *, batches: int | None = None,
+             corpus: str | Path | None = None) -> EvalReport:
+    """Evaluate a run folder on the val split of its corpus (or of `corpus`)."""
     cfg = read_run_config(run_dir)
     model, _ = load(run_dir)
-    corpus = open_corpus(cfg.data.corpus, log=lambda *a: None)
+    corpus = open_corpus(corpus or cfg.data.corpus, log=lambda *a: None)
+    corpus.check_tokenizer(Path(run_dir) / "tokenizer.json")
     n = (batches or cfg.train.eval_batches) * cfg.train.batch_size
     windows = val_windows(corpus.val, n, cfg.model.block_size)
     stats = tensor_stats(model)

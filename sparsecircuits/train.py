@@ -158,9 +158,8 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
         cfg.model.vocab_size = vocab
         if cfg.data.corpus is not None:  # None stays None: the default corpus on any machine
             cfg.data.corpus = str(corpus.path.resolve())
-    elif vocab != cfg.model.vocab_size:
-        raise UserError(f"the corpus tokenizer has {vocab} tokens but the run's model has "
-                        f"{cfg.model.vocab_size}; resume with the corpus the run was trained on.")
+    else:
+        corpus.check_tokenizer(out / "tokenizer.json")
 
     torch.manual_seed(tc.seed)  # the initial weights are a function of the seed
     model = GPT(cfg.model).to(device)

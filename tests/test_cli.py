@@ -106,3 +106,11 @@ def test_console_script_runs(tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
     res = subprocess.run(cmd + ["presets"], capture_output=True, text=True)
     assert res.returncode == 0 and "paper-1x" in res.stdout
+
+
+def test_eval_with_a_corpus_of_another_tokenizer_is_refused(cli_run, capsys, tmp_path):
+    from sparsecircuits.corpus import build_corpus, stdlib_dir
+    other = build_corpus(tmp_path / "other", [stdlib_dir() / "json"], vocab_size=300, reserve=(),
+                         log=lambda *a: None)
+    assert_one_line_error(*run_cli(capsys, "eval", str(cli_run), "--corpus", str(other))[::2],
+                          "differs from the tokenizer of the corpus")

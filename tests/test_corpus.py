@@ -23,7 +23,7 @@ def write_sources(root, n=12):
 
 def test_build_corpus_counts_skips_and_splits_by_file(tmp_path):
     src = write_sources(tmp_path / "src")
-    out = build_corpus(tmp_path / "c", [src], vocab_size=300, val_frac=0.2, log=quiet)
+    out = build_corpus(tmp_path / "c", [src], vocab_size=300, reserve=(), val_frac=0.2, log=quiet)
     m = json.loads((out / "manifest.json").read_text())
     assert m["skipped"]["non_utf8"] == {"count": 1, "files": ["latin1.py"]}
     assert m["skipped"]["empty"]["count"] == 1
@@ -42,8 +42,8 @@ def test_build_corpus_counts_skips_and_splits_by_file(tmp_path):
 
 def test_build_is_deterministic(tmp_path):
     src = write_sources(tmp_path / "src")
-    a = build_corpus(tmp_path / "a", [src], vocab_size=300, log=quiet)
-    b = build_corpus(tmp_path / "b", [src], vocab_size=300, log=quiet)
+    a = build_corpus(tmp_path / "a", [src], vocab_size=300, reserve=(), log=quiet)
+    b = build_corpus(tmp_path / "b", [src], vocab_size=300, reserve=(), log=quiet)
     for f in ("train.bin", "val.bin", "tokenizer.json"):
         assert (a / f).read_bytes() == (b / f).read_bytes()
 
@@ -60,15 +60,15 @@ def test_empty_corpus_is_a_clear_error_and_leaves_nothing(tmp_path):
 
 def test_existing_output_needs_force(tmp_path):
     src = write_sources(tmp_path / "src")
-    out = build_corpus(tmp_path / "c", [src], vocab_size=300, log=quiet)
+    out = build_corpus(tmp_path / "c", [src], vocab_size=300, reserve=(), log=quiet)
     with pytest.raises(UserError, match="--force"):
-        build_corpus(out, [src], vocab_size=300, log=quiet)
-    build_corpus(out, [src], vocab_size=300, force=True, log=quiet)
+        build_corpus(out, [src], vocab_size=300, reserve=(), log=quiet)
+    build_corpus(out, [src], vocab_size=300, reserve=(), force=True, log=quiet)
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
 def test_truncated_token_file_is_detected(tmp_path):
-    out = build_corpus(tmp_path / "c", [write_sources(tmp_path / "src")], vocab_size=300,
+    out = build_corpus(tmp_path / "c", [write_sources(tmp_path / "src")], vocab_size=300, reserve=(),
                        log=quiet)
     data = (out / "train.bin").read_bytes()
     (out / "train.bin").write_bytes(data[:-10])
@@ -94,7 +94,7 @@ def test_tokenizer_has_the_paper_pretokenizer_and_eot_last(tmp_path, corpus_dir)
     assert [p for p, _ in pieces] == ["x", "Ġ=", "Ġf", "(a", ")]Ċ"]
     text = "def f(x):\n    return {'a': [1, 2]}\n"
     assert tok.decode(tok.encode(text).ids) == text
-    small = train_tokenizer(["print('hi')\n" * 50], vocab_size=300)
+    small = train_tokenizer(["print('hi')\n" * 50], vocab_size=300, reserve=())
     assert single_token(small, "print") is not None
     assert single_token(small, "zzzz unseen") is None
     with pytest.raises(UserError, match="too small"):
@@ -107,3 +107,13 @@ def test_tokenizer_has_the_paper_pretokenizer_and_eot_last(tmp_path, corpus_dir)
 def test_token_files_are_uint16_memmaps(corpus_dir):
     c = Corpus(corpus_dir)
     assert isinstance(c.train, np.memmap) and c.train.dtype == np.uint16
+
+
+def test_reserved_task_answers_become_single_tokens(corpus_dir):
+    from sparsecircuits.tokenizer import TASK_ANSWERS
+    tok = load_tokenizer(corpus_dir)
+    assert all(single_token(tok, a) is not None for a in TASK_ANSWERS)
+    # Reserving adds merges, not forced splits: ordinary code tokenizes as before.
+    assert tok.encode("x = [[1], [2]]\n").tokens[-1] == "]]\u010a"
+    with pytest.raises(UserError, match="split by the pre-tokenizer"):
+        train_tokenizer(["x = 1\n"], vocab_size=300, reserve=["a b"])

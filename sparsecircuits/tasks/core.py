@@ -71,6 +71,7 @@ class Task:
     differs_doc: str = "the prompts differ in one contiguous span"
     differs: Callable[[Pair], bool] = differ_in_one_span
     tags: tuple[str, ...] = field(default_factory=tuple)
+    rng_key: str = ""  # seeds the pairs (default: the name); controls share their task's prompts
 
     def pairs(self, n: int, split: str = "test", seed: int = 0) -> list[Pair]:
         """n distinct pairs of the split; the same n, split and seed give the same pairs."""
@@ -78,7 +79,7 @@ class Task:
             raise UserError(f"unknown split '{split}'{closest(split, SPLITS)}; use train or test.")
         if n < 1:
             raise UserError(f"asked for {n} pairs of task '{self.name}'; ask for at least 1.")
-        rng = random.Random(f"{self.name}/{split}/{seed}")
+        rng = random.Random(f"{self.rng_key or self.name}/{split}/{seed}")
         out, seen = [], set()
         for _ in range(50 * n + 500):
             p = self.make(rng, split)
@@ -97,7 +98,7 @@ def inverted(task: Task) -> Task:
         p = task.make(rng, split)
         return replace(p, target=p.alt, alt=p.target, clean_rest="", corrupt_rest="")
     return Task(f"{task.name}:inverted", f"control: {task.name} with its answers swapped", make,
-                task.differs_doc, task.differs, ("control",))
+                task.differs_doc, task.differs, ("control",), task.rng_key or task.name)
 
 
 def constant(task: Task) -> Task:
@@ -107,23 +108,21 @@ def constant(task: Task) -> Task:
         return replace(p, constant=True, clean_rest="", corrupt_rest="")
     return Task(f"{task.name}:constant",
                 f"control: {task.name} prompts that always want the clean answer", make,
-                task.differs_doc, task.differs, ("control",))
+                task.differs_doc, task.differs, ("control",), task.rng_key or task.name)
 
 
 # ----------------------------------------------------------------------------- split helpers
 
 def split_half(items: Sequence[str], split: str, salt: str = "") -> list[str]:
-    """A deterministic, disjoint train/test half of `items` (by a hash of each item).
+    """A deterministic, disjoint train/test half of `items`: ranked by a salted hash, alternate
+    items go to train and test, so both halves are non-empty from two items on.
 
     Held-out generalisation is measured on values a circuit never saw during pruning.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
-
-    def side(x):
-        return "test" if hashlib.sha256(f"{salt}/{x}".encode()).digest()[0] % 2 else "train"
-
-    chosen = [x for x in items if side(x) == split]
+    ranked = sorted(dict.fromkeys(items), key=lambda x: hashlib.sha256(f"{salt}/{x}".encode()).digest())
+    chosen = ranked[split == "test"::2]
     if not chosen:
         raise ValueError(f"split_half left the {split} split empty for {list(items)!r}")
     return chosen

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from .core import Pair, Task, by_split, split_half
+from .core import Pair, Task, split_half
 from .words import NOUNS, VARS, VERBS, indent, preamble, sentence
 
 # ----------------------------------------------------------------------------- quotes
