@@ -7,13 +7,16 @@ from .config import (SITE_KINDS, DataConfig, ModelConfig, RunConfig, SparsityCon
                      config_from_dict, load_config, preset)
 from .corpus import Corpus, build_corpus, open_corpus
 from .errors import UserError
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_tasks
 from .model import GPT
+from .tasks import PAPER_TASKS, SUITE, Pair, Task, get_task, get_tasks, load_task_file, task_metrics
 from .tokenizer import load_tokenizer, train_tokenizer
 from .train import train
 
 __all__ = [
-    "GPT", "SITE_KINDS", "Corpus", "DataConfig", "ModelConfig", "RunConfig", "SparsityConfig",
-    "TrainConfig", "UserError", "build_corpus", "config_from_dict", "evaluate", "load",
-    "load_config", "load_tokenizer", "open_corpus", "preset", "train", "train_tokenizer",
+    "GPT", "PAPER_TASKS", "SITE_KINDS", "SUITE", "Corpus", "DataConfig", "ModelConfig", "Pair",
+    "RunConfig", "SparsityConfig", "Task", "TrainConfig", "UserError", "build_corpus",
+    "config_from_dict", "evaluate", "evaluate_tasks", "get_task", "get_tasks", "load",
+    "load_config", "load_task_file", "load_tokenizer", "open_corpus", "preset", "task_metrics",
+    "train", "train_tokenizer",
 ]

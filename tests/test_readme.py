@@ -25,3 +25,13 @@ def test_readme_python_example_runs(corpus_dir, tmp_path, monkeypatch):
 def test_readme_and_ci_share_the_test_command():
     ci = (README.parent / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci in README.read_text()
+
+
+def test_readme_task_file_example_loads(tmp_path):
+    from sparsecircuits.tasks import load_task_file
+    (block,) = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+    path = tmp_path / "dict_or_list.toml"
+    path.write_text(block)
+    task = load_task_file(path)
+    assert task.name == "dict_or_list"
+    assert {p.target for p in task.pairs(8, "test")} == {":"}
