@@ -80,7 +80,7 @@ def _set_or_string(fixed_name: str | None):
 
 TASKS = [
     Task("single_double_quote",
-         'close a string with the quote that opened it: `")` after `("`, `\')` after `(\'`',
+         'close a string with the quote that opened it: `")\\n` after `("`, `\')\\n` after `(\'`',
          _single_double_quote, differs_doc="only the opening quote differs"),
     Task("bracket_counting",
          "close a nested list with `]]` and a flat list with `]`", _bracket_counting,
