@@ -21,10 +21,10 @@ def test_the_suite_has_the_papers_twenty_tasks():
 @pytest.mark.parametrize("name", sorted(SUITE))
 def test_pairs_are_distinct_deterministic_and_varied(name):
     task = SUITE[name]
-    for seed in range(4):
-        pairs = task.pairs(N, "train", seed)
+    for seed in range(10):
+        pairs = task.pairs(N, ("train", "test")[seed % 2], seed)
         assert len({(p.clean, p.corrupt) for p in pairs}) == N
-        assert pairs == task.pairs(N, "train", seed)
+        assert pairs == task.pairs(N, ("train", "test")[seed % 2], seed)
         assert all(p.clean != p.corrupt for p in pairs)
     assert task.pairs(N, "train", 0) != task.pairs(N, "train", 1)
     # Real variety: many distinct prompt lengths, not one template with one slot.
