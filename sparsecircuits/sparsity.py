@@ -29,9 +29,8 @@ _SAMPLE = 1 << 14
 def kth_largest(s: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th largest value of the 1-D tensor `s` (1 <= k <= s.numel())."""
     n = s.numel()
-    if s.device.type == "cpu":
-        # numpy's introselect is 5-10x faster than torch.kthvalue/topk on the CPU.
-        return torch.as_tensor(np.partition(s.numpy(), n - k)[n - k])
+    if s.device.type == "cpu" and s.dtype == torch.float32:
+        return torch.as_tensor(_np_partition_nonneg(s.numpy(), n - k)[n - k])
     if n >= _BRACKET_MIN_NUMEL:
         return _kth_largest_bracketed(s, k)
     return s.kthvalue(n - k + 1).values
@@ -120,13 +119,21 @@ class _AbsTopK(torch.autograd.Function):
         return grad * mask, None
 
 
+def _np_partition_nonneg(a: np.ndarray, kth: int) -> np.ndarray:
+    """np.partition along the last axis for non-negative float32 values.
+
+    Non-negative IEEE floats order exactly as their bit patterns read as int32, and numpy's
+    selection on int32 (SIMD where the CPU has it) is 2-3x faster than on float32, itself
+    5-10x faster than torch.kthvalue/topk on the CPU.
+    """
+    return np.partition(a.view(np.int32), kth, axis=-1).view(np.float32)
+
+
 def _kth_largest_rows(a: torch.Tensor, k: int) -> torch.Tensor:
     """Per-row k-th largest value of a non-negative tensor, keeping the last dim (size 1)."""
     d = a.shape[-1]
     if a.device.type == "cpu" and a.dtype == torch.float32:
-        # numpy's introselect is several times faster than torch.topk on short CPU rows.
-        part = np.partition(a.numpy(), d - k, axis=-1)[..., d - k:d - k + 1]
-        return torch.from_numpy(part)
+        return torch.from_numpy(_np_partition_nonneg(a.numpy(), d - k)[..., d - k:d - k + 1])
     return a.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
 
 
