@@ -58,6 +58,22 @@ def differ_in_one_span(pair: Pair, max_chars: int = 40) -> bool:
     return max(i2 - i1, j2 - j1) <= max_chars
 
 
+def _split_last_line(text: str) -> tuple[str, str]:
+    """(everything before the last line, the last line), a trailing newline kept in the line."""
+    cut = text.rstrip("\n").rfind("\n") + 1
+    return text[:cut], text[cut:]
+
+
+def last_line_differs(rule: Callable[[str, str], bool]) -> Callable[[Pair], bool]:
+    """A `differs` check: the prompts agree up to their last lines, which satisfy
+    `rule(clean_last_line, corrupt_last_line)`."""
+    def differs(pair: Pair) -> bool:
+        clean_head, clean_last = _split_last_line(pair.clean)
+        corrupt_head, corrupt_last = _split_last_line(pair.corrupt)
+        return clean_head == corrupt_head and rule(clean_last, corrupt_last)
+    return differs
+
+
 @dataclass
 class Task:
     """A named behaviour. `make(rng, split)` draws one pair from the split's templates/values.

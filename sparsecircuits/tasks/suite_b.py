@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 
-from .core import Pair, Task, split_half
+from .core import Pair, Task, last_line_differs, split_half
 from .words import NOUNS, VARS, VERBS, indent, preamble, sentence
 
 
@@ -31,13 +31,6 @@ def _one_swap(*swaps: tuple[str, str]):
     def differs(pair: Pair) -> bool:
         return any(_replaced_once(pair.clean, pair.corrupt, old, new) for old, new in swaps)
     return differs
-
-
-def _last_lines(pair: Pair) -> tuple[str, str] | None:
-    """The two prompts' last lines, or None if the text before them differs."""
-    head, _, clean_line = pair.clean.rpartition("\n")
-    other_head, _, corrupt_line = pair.corrupt.rpartition("\n")
-    return (clean_line, corrupt_line) if head == other_head else None
 
 
 # Names a line may end on, and conditions and statements to fill blocks with. A condition
@@ -134,11 +127,8 @@ def _class_init(rng: random.Random, split: str) -> Pair:
                 target=f" {a}", alt=f" {b}", clean_rest="\n", corrupt_rest="\n")
 
 
-def _last_attribute_differs(pair: Pair) -> bool:
-    lines = _last_lines(pair)
-    if lines is None:
-        return False
-    found = [re.fullmatch(r"( *self\._?)(\w+) =", line) for line in lines]
+def _other_attribute(clean_last: str, corrupt_last: str) -> bool:
+    found = [re.fullmatch(r"( *self\._?)(\w+) =", line) for line in (clean_last, corrupt_last)]
     return all(found) and found[0][1] == found[1][1] and found[0][2] != found[1][2]
 
 
@@ -173,12 +163,9 @@ def _with_as(rng: random.Random, split: str) -> Pair:
                 corrupt_rest=f"{pad}{use}\n")
 
 
-def _with_or_assigned(pair: Pair) -> bool:
-    lines = _last_lines(pair)
-    if lines is None:
-        return False
-    clean = re.fullmatch(r"( *)with (open\(.*)", lines[0])
-    corrupt = re.fullmatch(r"( *)\w+ = (open\(.*)", lines[1])
+def _with_or_assigned(clean_last: str, corrupt_last: str) -> bool:
+    clean = re.fullmatch(r"( *)with (open\(.*)", clean_last)
+    corrupt = re.fullmatch(r"( *)\w+ = (open\(.*)", corrupt_last)
     return bool(clean and corrupt) and clean.groups() == corrupt.groups()
 
 
@@ -352,12 +339,9 @@ def _if_ternary(rng: random.Random, split: str) -> Pair:
                 corrupt_rest=f" {other}\n")
 
 
-def _ternary_adds_assignment(pair: Pair) -> bool:
-    lines = _last_lines(pair)
-    if lines is None:
-        return False
-    clean = re.fullmatch(r"( *)(if .*)", lines[0])
-    corrupt = re.fullmatch(r"( *)\w+ = .+? (if .*)", lines[1])
+def _ternary_adds_assignment(clean_last: str, corrupt_last: str) -> bool:
+    clean = re.fullmatch(r"( *)(if .*)", clean_last)
+    corrupt = re.fullmatch(r"( *)\w+ = .+? (if .*)", corrupt_last)
     return bool(clean and corrupt) and clean.groups() == corrupt.groups()
 
 
@@ -365,11 +349,11 @@ TASKS = [
     Task("class_init",
          "copy the parameter name in `self.x = x`: ` a` after `self.a =`, ` b` after `self.b =`",
          _class_init, differs_doc="only the attribute name on the last `self.<name> =` line differs",
-         differs=_last_attribute_differs),
+         differs=last_line_differs(_other_attribute)),
     Task("with_as",
          "`with open(path` is closed by `)` (then ` as f:`), `f = open(path` by `)\\n`",
          _with_as, differs_doc="the last line starts `with open(` or `<name> = open(`; "
-         "the path and everything before are the same", differs=_with_or_assigned),
+         "the path and everything before are the same", differs=last_line_differs(_with_or_assigned)),
     Task("bracket_brace",
          "after a key in a dict comes `:`, after an item in a list `,`",
          _bracket_brace, differs_doc="the same keys, in a dict `{k: v, ..., k` or in a list "
@@ -390,5 +374,6 @@ TASKS = [
          differs=_one_swap(('f"', '"'))),
     Task("if_ternary", "`if cond` goes on with `:\\n`, `x = a if cond` with ` else`",
          _if_ternary, differs_doc="the last line gains `<name> = <value> ` before `if`; "
-         "the condition and everything before are the same", differs=_ternary_adds_assignment),
+         "the condition and everything before are the same",
+         differs=last_line_differs(_ternary_adds_assignment)),
 ]

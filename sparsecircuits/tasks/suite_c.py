@@ -6,34 +6,18 @@ tokenizer emits when the code goes on naturally (`clean_rest` / `corrupt_rest`).
 
 Most pairs here differ in the last line only (`x = lambda` / `def x`, `while True` /
 `return True`), which one contiguous span of characters does not capture, so those tasks
-check their own rule with `_last_line_differs`.
+check their own rule with `last_line_differs`.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
 
-from .core import Pair, Task, split_half
+from .core import Pair, Task, last_line_differs, split_half
 from .words import NOUNS, VARS, VERBS, indent, preamble
 
 # ----------------------------------------------------------------------------- shared helpers
-
-
-def _split_last_line(text: str) -> tuple[str, str]:
-    """(everything before the last line, the last line), a trailing newline kept in the line."""
-    cut = text.rstrip("\n").rfind("\n") + 1
-    return text[:cut], text[cut:]
-
-
-def _last_line_differs(rule: Callable[[str, str], bool]) -> Callable[[Pair], bool]:
-    """A `differs` check: the prompts agree up to their last lines, which satisfy `rule`."""
-    def differs(pair: Pair) -> bool:
-        clean_head, clean_last = _split_last_line(pair.clean)
-        corrupt_head, corrupt_last = _split_last_line(pair.corrupt)
-        return clean_head == corrupt_head and rule(clean_last, corrupt_last)
-    return differs
 
 
 def _statement(rng: random.Random, split: str) -> str:
@@ -353,33 +337,33 @@ def _defaults_removed(clean_last: str, corrupt_last: str) -> bool:
 TASKS = [
     Task("var_swap", "finish a swap: `a, b = b,` wants ` a`, `b, a = a,` wants ` b`", _var_swap,
          differs_doc="the last lines name the same two variables in swapped order",
-         differs=_last_line_differs(_names_swapped)),
+         differs=last_line_differs(_names_swapped)),
     Task("indent_for",
          "the line after a `for` header is one level deeper; after a plain statement it is not",
          _indent_for,
          differs_doc="only the last line differs: a `for` header or a plain statement at the "
                      "same indentation",
-         differs=_last_line_differs(_for_header_vs_statement)),
+         differs=last_line_differs(_for_header_vs_statement)),
     Task("lambda_func", "`name = lambda` wants `:`, `def name` wants `():\\n`", _lambda_func,
          differs_doc="only the last line differs: `<name> = lambda` or `def <name>`, same name "
                      "and indentation",
-         differs=_last_line_differs(_lambda_vs_def)),
+         differs=last_line_differs(_lambda_vs_def)),
     Task("if_equals", "`if name` wants ` ==` (a condition), a statement `name` wants ` =`",
          _if_equals, differs_doc="only the `if ` before the last line's name differs"),
     Task("enumerate_range",
          "`for i, x in` wants ` enumerate`, `for i in` wants ` range`", _enumerate_range,
          differs_doc="only the last line differs: `for <i>, <x> in` or `for <i> in`",
-         differs=_last_line_differs(_second_loop_var_dropped)),
+         differs=last_line_differs(_second_loop_var_dropped)),
     Task("var_if", "`if x == True` wants `:\\n`, `x = True` wants `\\n`", _var_if,
          differs_doc="only the last line differs: `if <name> == True` or `<name> = True`",
-         differs=_last_line_differs(_condition_vs_assignment)),
+         differs=last_line_differs(_condition_vs_assignment)),
     Task("while_return_true", "`while True` wants `:\\n`, `return True` wants `\\n`",
          _while_return_true,
          differs_doc="only the last line's keyword differs: `while True` or `return True`",
-         differs=_last_line_differs(_while_vs_return)),
+         differs=last_line_differs(_while_vs_return)),
     Task("final_kwarg",
          "a parameter after defaulted ones wants `=None`; after plain ones the list may close",
          _final_kwarg,
          differs_doc="only the def line differs: its `=None` defaults are present or removed",
-         differs=_last_line_differs(_defaults_removed)),
+         differs=last_line_differs(_defaults_removed)),
 ]
