@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="val loss, weight and activation sparsity of a run")
+    e = sub.add_parser("eval", help="val loss, sparsity and training summary of a run; with "
+                       "--tasks, per-task loss and accuracy")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--batches", type=int, default=None, help="val batches (default: the run's)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
