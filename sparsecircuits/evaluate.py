@@ -1,4 +1,5 @@
-"""What a trained run is: val loss, weight density per tensor, L0, neuron floors, activation sparsity."""
+"""What a trained run is and does: val loss, weight and activation sparsity, L0, neuron floors,
+the training summary, and per-task loss and accuracy."""
 
 from __future__ import annotations
 
