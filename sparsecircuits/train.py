@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import (atomic_write_text, load_optimizer, load_weights, read_run_config,
+from .checkpoint import (atomic_write, atomic_write_text, load_optimizer, load_weights, read_run_config,
                          read_trainer_state, save_checkpoint)
 from .config import RunConfig, TrainConfig
 from .corpus import open_corpus
@@ -170,7 +170,7 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
     if not resume and main:  # only once the config has proved buildable
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
-        shutil.copyfile(corpus.tokenizer_path, out / "tokenizer.json")
+        atomic_write(out / "tokenizer.json", lambda tmp: shutil.copyfile(corpus.tokenizer_path, tmp))
     if resume:
         meta = load_weights(out, model)
         opt_step = load_optimizer(out, model, optimizer)

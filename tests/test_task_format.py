@@ -5,7 +5,6 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sparsecircuits.cli import main
 from sparsecircuits.config import ModelConfig
@@ -56,9 +55,6 @@ def test_loss_equals_a_hand_computation(model, tok):
                 right_more.append(bool(z[r] > z[w]))
     torch.testing.assert_close(losses, torch.tensor(expected), rtol=1e-5, atol=1e-6)
     assert correct.tolist() == right_more
-    # The pair loss is the sum of the two sequences' losses; we report per sequence.
-    pair0 = F.softplus(torch.tensor(0.0))  # sanity of the formula at a tie: ln 2
-    assert float(pair0) == pytest.approx(math.log(2))
 
 
 def _bytelevel(text: str) -> str:
@@ -85,6 +81,11 @@ def test_controls_swap_or_fix_the_answers(model, tok):
     # Swapping the answers flips every comparison.
     assert a.accuracy + b.accuracy == pytest.approx(1.0)
     assert get_task("bracket_counting:inverted").name == "bracket_counting:inverted"
+
+
+def test_empty_prompt_is_a_clear_error(model, tok):
+    with pytest.raises(UserError, match="prompt is empty"):
+        score_pairs(model, tok, "toy", [Pair("", "total", " ==", " =")])
 
 
 def test_answers_must_be_distinct_single_tokens(tok):
@@ -132,8 +133,9 @@ def test_user_task_file(tmp_path, tok):
     path.write_text(TOML)
     task = load_task_file(path)
     train_p, test_p = task.pairs(6, "train"), task.pairs(6, "test")
-    assert train_p[0].target == ":" and train_p[0].clean.endswith(train_p[0].clean.split("{")[-1])
-    assert "{" in train_p[0].clean and "[" in train_p[0].corrupt
+    for p in train_p + test_p:
+        assert (p.target, p.alt) == (":", ",")
+        assert p.clean.replace("{", "[") == p.corrupt   # only the opening bracket differs
     keys = lambda ps: {p.clean.split("{")[-1] for p in ps}  # noqa: E731
     assert not keys(train_p) & keys(test_p)   # held-out slot values
     answer_ids(tok, task.name, task.pairs(1)[0].target, task.pairs(1)[0].alt)

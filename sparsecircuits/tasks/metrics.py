@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from ..tokenizer import eot_id
 from .core import Pair, Task, answer_ids
 
@@ -33,6 +34,9 @@ def encode_prompts(tok, prompts: list[str], block_size: int) -> tuple[torch.Tens
     """Right-padded token ids (B, T) and each prompt's length. A prompt longer than the context
     keeps its last `block_size` tokens: the model reads what fits, as it would in a long file."""
     ids = [e.ids[-block_size:] for e in tok.encode_batch(prompts, add_special_tokens=False)]
+    if not all(ids):
+        raise UserError("a task prompt is empty, so there is no last token to predict from; "
+                        "give every template some text before the answer.")
     lengths = torch.tensor([len(x) for x in ids])
     out = torch.full((len(ids), int(lengths.max())), eot_id(tok), dtype=torch.long)
     for i, x in enumerate(ids):
