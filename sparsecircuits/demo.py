@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import read_trainer_state
+from .checkpoint import atomic_write_text, read_trainer_state
 from .config import preset
 from .evaluate import evaluate, evaluate_tasks
 from .train import train
@@ -33,7 +33,7 @@ def demo(out: str | Path = "sparsecircuits-demo", log=print) -> Path:
     report = evaluate(run)
     tasks = evaluate_tasks(run, ["all"], n=32)
     text = report.format() + "\n\n" + tasks.format() + "\n"
-    (out / "eval.txt").write_text(text)
+    atomic_write_text(out / "eval.txt", text)
     log("\n" + text)
     log(f"The run (weights, config, tokenizer, metrics.jsonl) is in {run}; these tables are in "
         f"{out / 'eval.txt'}. A model this small learns few behaviours; the small presets and a "
