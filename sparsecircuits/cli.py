@@ -99,6 +99,34 @@ def cmd_presets(a):
               f"{c.train.max_steps} steps x {c.train.batch_size} seqs | {n / 1e6:.2f}M params")
 
 
+def cmd_prune(a):
+    from .circuits import prune
+    c = prune(a.run_dir, a.task, a.out, budget=a.budget, jobs=a.jobs, target_loss=a.target_loss,
+              ablation=a.ablation, freeze_norm=a.freeze_norm, seed=a.seed, steps=a.steps)
+    search = c.provenance["search"]
+    print(f"\n{c.summary()} (before calibration {c.loss_uncalibrated:.3f}; scale "
+          f"{c.calibration['scale']:.2f}, shift {c.calibration['shift']:.2f})")
+    print(f"best of {len(search['trials'])} pruning runs, {c.provenance['seconds']:.0f} s; "
+          f"wrote {a.out}")
+
+
+def cmd_validate(a):
+    from .checkpoint import atomic_write_text
+    from .circuits import Circuit, open_run, validate
+    circuit = Circuit.load(a.circuit)
+    run = a.run or circuit.provenance.get("run_dir")
+    if not run:
+        raise UserError(f"{a.circuit} does not say which run it came from; pass --run RUN_DIR.")
+    model, tok, corpus = open_run(run)
+    report = validate(circuit, model, tok, corpus=corpus, n=a.n, draws=a.draws,
+                      controls=not a.no_controls, seed=a.seed)
+    print()
+    print(report.format())
+    if a.out:
+        atomic_write_text(a.out, json.dumps(report.to_dict(), indent=1))
+        print(f"\nwrote {a.out}")
+
+
 def cmd_demo(a):
     from .demo import demo
     demo(a.out)
@@ -160,6 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("presets", help="list the named configs")
     pr.set_defaults(fn=cmd_presets)
+
+    pa = sub.add_parser("prune", help="find the smallest circuit that does a task")
+    pa.add_argument("run_dir", metavar="RUN_DIR")
+    pa.add_argument("--task", required=True, help="a task name, NAME:inverted, or a .toml file")
+    pa.add_argument("--out", required=True, metavar="CIRCUIT.json")
+    pa.add_argument("--target-loss", type=float, default=0.15)
+    pa.add_argument("--ablation", default="mean", choices=["mean", "zero", "task-mean"],
+                    help="what a pruned node is held at (mean: over pretraining tokens)")
+    pa.add_argument("--freeze-norm", action="store_true",
+                    help="reuse the unpruned pass's RMSNorm scales")
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--steps", type=int, default=100, help="mask-training steps per run")
+    pa.add_argument("--budget", type=int, default=3,
+                    help="pruning runs of the built-in search (1: the paper's centre settings)")
+    pa.add_argument("--jobs", type=int, default=None,
+                    help="runs in parallel (default: one per two cores)")
+    pa.set_defaults(fn=cmd_prune)
+
+    va = sub.add_parser("validate", help="causal tests and controls for a circuit")
+    va.add_argument("circuit", metavar="CIRCUIT.json")
+    va.add_argument("--run", metavar="RUN_DIR", help="the circuit's run (default: as recorded)")
+    va.add_argument("--out", metavar="VALIDATION.json", help="also write the figures as JSON")
+    va.add_argument("--n", type=int, default=128, help="test pairs")
+    va.add_argument("--draws", type=int, default=20, help="random circuits / stochastic draws")
+    va.add_argument("--no-controls", action="store_true",
+                    help="skip the controls and sensitivity prunings (faster)")
+    va.add_argument("--seed", type=int, default=0)
+    va.set_defaults(fn=cmd_validate)
 
     d = sub.add_parser("demo", help="the main job: train a tiny sparse model and inspect it")
     d.add_argument("--out", default="sparsecircuits-demo", metavar="DIR")

@@ -221,8 +221,13 @@ class Corpus:
         return self.splits["val"]
 
 
+def cache_home() -> Path:
+    """Where built corpora and node statistics are cached ($SPARSECIRCUITS_HOME to move it)."""
+    return Path(os.environ.get("SPARSECIRCUITS_HOME") or Path.home() / ".cache" / "sparsecircuits")
+
+
 def default_corpus_dir(vocab_size: int = 2048) -> Path:
-    home = os.environ.get("SPARSECIRCUITS_HOME") or Path.home() / ".cache" / "sparsecircuits"
+    home = cache_home()
     ver = "".join(map(str, sys.version_info[:2]))
     # The reserved answers are part of the recipe: a change to them must not reuse a stale cache.
     recipe = hashlib.sha256(repr(TASK_ANSWERS).encode()).hexdigest()[:8]

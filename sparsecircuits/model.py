@@ -36,8 +36,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
 
-    def forward(self, x):
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+    def forward(self, x, scale_fn=None):
+        if scale_fn is None:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return x * scale_fn(scale) * self.weight
 
 
 class Attention(nn.Module):
@@ -84,15 +87,15 @@ class Block(nn.Module):
         self.ln_1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
         self.ln_2, self.mlp = RMSNorm(cfg.d_model), MLP(cfg)
 
-    def forward(self, x, site, pos):
+    def forward(self, x, site, pos, norm):
         def attn_site(kind, t):
             return site("attn." + kind, t)
 
         def mlp_site(kind, t):
             return site("mlp." + kind, t)
 
-        x = x + self.attn(_with_pos(attn_site("in", self.ln_1(x)), pos), attn_site)
-        x = x + self.mlp(_with_pos(mlp_site("in", self.ln_2(x)), pos), mlp_site)
+        x = x + self.attn(_with_pos(attn_site("in", self.ln_1(x, norm("ln_1"))), pos), attn_site)
+        x = x + self.mlp(_with_pos(mlp_site("in", self.ln_2(x, norm("ln_2"))), pos), mlp_site)
         return x
 
 
@@ -120,6 +123,7 @@ class GPT(nn.Module):
         self._topk = {kind: max(1, int(cfg.afrac * self.site_dim(kind)))
                       for kind in SITE_KINDS if cfg.afrac < 1 and kind in cfg.afrac_sites}
         self._hooks: list[Hook] = []
+        self._norm_hooks: list[Hook] = []
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -161,6 +165,28 @@ class GPT(nn.Module):
         finally:
             self._hooks = saved
 
+    @contextlib.contextmanager
+    def norm_hooks(self, *fns: Hook):
+        """Apply `fn(name, scale) -> scale` to every RMSNorm's per-token scale 1/rms, shape
+        (B, T, 1), inside the block. Names: `blocks.{l}.ln_1`, `blocks.{l}.ln_2`, `ln_f`.
+        Frozen-norm ablation records the scales of a clean pass and replays them here."""
+        saved = self._norm_hooks
+        self._norm_hooks = saved + list(fns)
+        try:
+            yield self
+        finally:
+            self._norm_hooks = saved
+
+    def _norm_fn(self, name: str):
+        if not self._norm_hooks:
+            return None
+
+        def apply(scale):
+            for fn in self._norm_hooks:
+                scale = fn(name, scale)
+            return scale
+        return apply
+
     def run_with_cache(self, idx: torch.Tensor, names=None):
         """Logits and a dict of the activations at the given sites (all sites by default)."""
         wanted = set(self.site_names() if names is None else names)
@@ -180,7 +206,9 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab); with `at` (B,) positions, only the logits there, (B, vocab):
+        the same pass, minus the unembedding of positions nobody reads (task prompts)."""
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}")
@@ -197,10 +225,15 @@ class GPT(nn.Module):
                     t = fn(prefix + kind, t)
                 return t
 
-            x = block(x, site, pos)
-        logits = self.lm_head(self.ln_f(x))
+            x = block(x, site, pos, lambda kind, prefix=prefix: self._norm_fn(prefix + kind))
+        if at is not None:
+            rows = torch.arange(B, device=idx.device)
+            x, idx = x[rows, at].unsqueeze(1), idx[rows, at].unsqueeze(1)
+        logits = self.lm_head(self.ln_f(x, self._norm_fn("ln_f")))
         if self.bigram is not None:
             logits = logits + F.embedding(idx, self.bigram)  # deterministic backward
+        if at is not None:
+            logits = logits.squeeze(1)
         return logits
 
     # ------------------------------------------------------------------ sparsity bookkeeping

@@ -1,0 +1,149 @@
+"""What a pruned node is replaced by, and the hooks that do the replacing.
+
+A node outside the circuit is held at its ablation value: its mean over pretraining tokens
+(`mean`, one scalar per node over all tokens and positions of the train split), zero (`zero`),
+or its mean over the task's own prompts (`task-mean`). Pretraining means are computed once per
+(model, corpus) and cached on disk, together with a bank of activations of random pretraining
+tokens that stochastic ablation resamples from.
+
+Masks and ablations are node-site hooks on the one forward pass (`model.hooks`): nothing here
+copies the model's forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from .nodes import NodeLayout
+
+ABLATIONS = ("mean", "zero", "task-mean")
+STATS_VERSION = 1
+
+
+def model_hash(model) -> str:
+    """A short content hash of a model's weights and config: circuits are bound to it."""
+    h = hashlib.sha256(json.dumps(vars(model.cfg), sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def site_activations(model, idx: torch.Tensor, batch: int = 16) -> dict[str, torch.Tensor]:
+    """Activations of every site on token windows `idx` (N, T), flattened to (N*T, dim)."""
+    out: dict[str, list[torch.Tensor]] = {}
+    device = next(model.parameters()).device
+    for i in range(0, len(idx), batch):
+        _, cache = model.run_with_cache(idx[i:i + batch].to(device))
+        for name, x in cache.items():
+            out.setdefault(name, []).append(x.float().reshape(-1, x.shape[-1]).cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+class PretrainingStats:
+    """Per-node means over pretraining tokens, and a bank of activations of random tokens."""
+
+    def __init__(self, means: dict[str, torch.Tensor], bank: dict[str, torch.Tensor]):
+        self.means, self.bank = means, bank
+
+    @classmethod
+    def compute(cls, model, data: np.ndarray, windows: int = 64, bank_size: int = 512,
+                seed: int = 0) -> PretrainingStats:
+        block = model.cfg.block_size
+        if len(data) < block + 1:
+            raise UserError(f"the corpus has only {len(data)} training tokens, fewer than one "
+                            f"context of {block}; build a larger corpus.")
+        starts = np.linspace(0, len(data) - block - 1, windows).astype(np.int64)
+        idx = torch.from_numpy(np.stack([data[s:s + block] for s in starts]).astype(np.int64))
+        acts = site_activations(model, idx)
+        g = torch.Generator().manual_seed(seed)
+        n_tok = next(iter(acts.values())).shape[0]
+        pick = torch.randperm(n_tok, generator=g)[:bank_size]
+        return cls({k: v.mean(0) for k, v in acts.items()}, {k: v[pick] for k, v in acts.items()})
+
+    @classmethod
+    def cached(cls, model, corpus, log=print) -> PretrainingStats:
+        """Compute once per (model, corpus) and keep under the cache home."""
+        from ..corpus import cache_home
+        key = f"{model_hash(model)}-{_corpus_key(corpus)}-v{STATS_VERSION}"
+        path = cache_home() / "node-stats" / f"{key}.safetensors"
+        if path.is_file():
+            try:
+                t = load_file(str(path))
+                return cls({k[5:]: v for k, v in t.items() if k.startswith("mean:")},
+                           {k[5:]: v for k, v in t.items() if k.startswith("bank:")})
+            except Exception:  # a damaged cache entry is recomputed, not fatal
+                log(f"recomputing the damaged node statistics at {path}")
+        log("computing node means over pretraining tokens (once per model) ...")
+        stats = cls.compute(model, corpus.train)
+        from ..checkpoint import atomic_write
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {**{f"mean:{k}": v.contiguous() for k, v in stats.means.items()},
+                   **{f"bank:{k}": v.contiguous() for k, v in stats.bank.items()}}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+        return stats
+
+
+def _corpus_key(corpus) -> str:
+    text = json.dumps(corpus.manifest.get("totals", {}), sort_keys=True) + str(len(corpus.train))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def task_means(model, idx: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-node means over every real (unpadded) token of the task prompts `idx`."""
+    acts = site_activations(model, idx)
+    T = idx.shape[1]
+    real = (torch.arange(T)[None, :] < lengths[:, None]).reshape(-1)
+    return {k: v[real].mean(0) for k, v in acts.items()}
+
+
+def ablation_values(kind: str, model, *, stats: PretrainingStats | None = None,
+                    task_idx: torch.Tensor | None = None, task_lengths: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor]:
+    if kind == "zero":
+        layout = NodeLayout(model)
+        return {s: torch.zeros(n) for s, n in zip(layout.sites, layout.sizes)}
+    if kind == "mean":
+        if stats is None:
+            raise ValueError("mean ablation needs pretraining statistics")
+        return stats.means
+    if kind == "task-mean":
+        return task_means(model, task_idx, task_lengths)
+    raise UserError(f"unknown ablation '{kind}'; use one of {', '.join(ABLATIONS)}.")
+
+
+# ----------------------------------------------------------------------------- hooks
+
+def mask_hook(masks: dict[str, torch.Tensor], values: dict[str, torch.Tensor]):
+    """x <- m * x + (1 - m) * v at every site: m = 1 keeps a node, m = 0 ablates it.
+
+    `values[site]` is (dim,) for a constant ablation or (B, 1, dim) for one value per sequence.
+    """
+    def hook(name, x):
+        m = masks.get(name)
+        if m is None:
+            return x
+        m, v = m.to(x.dtype), values[name].to(x.dtype)
+        return x * m + v * (1 - m)  # exact at m in {0, 1}: x*1 + v*0 == x, x*0 + v*1 == v
+    return hook
+
+
+class FrozenNorms:
+    """Records every RMSNorm scale on a clean pass, then replays them on the ablated pass."""
+
+    def __init__(self):
+        self.scales: dict[str, torch.Tensor] = {}
+
+    def record(self, name, scale):
+        self.scales[name] = scale.detach()
+        return scale
+
+    def replay(self, name, scale):
+        return self.scales[name]

@@ -1,0 +1,249 @@
+"""The `Circuit`: kept nodes, the edges between them, how it was found, and a JSON file.
+
+Edges (docs/CIRCUITS.md has the full definition). An edge is a nonzero weight between two kept
+nodes, counted in the four weight matrices of every layer:
+
+    attn.in[i]  -> attn.q/k/v[j]    c_attn.weight[part * d_attn + j, i]
+    attn.v[j]   -> attn.out[i]      attn.c_proj.weight[i, j]   (j = head * d_head + channel)
+    mlp.in[i]   -> mlp.neuron[j]    c_fc.weight[j, i]
+    mlp.neuron[j] -> mlp.out[i]     mlp.c_proj.weight[i, j]
+
+`edges` (the size the paper compares) counts only these. Two more kinds of link are listed
+but never counted: `qk` (query channel j and key channel j of one layer both kept: they meet in
+the attention score) and `residual` (a kept write channel c, attn.out or mlp.out, and a kept
+read of channel c, attn.in or mlp.in, later in the forward pass: the identity path of the
+residual stream).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import SITE_KINDS
+from ..errors import UserError
+from .ablation import mask_hook, model_hash
+from .nodes import NodeId, NodeLayout
+
+FORMAT = "sparsecircuits.circuit"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: NodeId
+    dst: NodeId
+    weight: float
+    kind: str = "weight"   # "weight", "qk" or "residual" (the last two carry weight 0)
+
+    def to_list(self) -> list:
+        return [self.src.site, self.src.index, self.dst.site, self.dst.index,
+                round(self.weight, 6), self.kind]
+
+    @classmethod
+    def from_list(cls, x) -> Edge:
+        return cls(NodeId(x[0], int(x[1])), NodeId(x[2], int(x[3])), float(x[4]), x[5])
+
+
+def _layer_kind(site: str) -> tuple[int, str]:
+    _, layer, kind = site.split(".", 2)
+    return int(layer), kind
+
+
+def derive_edges(model, nodes: dict[str, list[int]]) -> list[Edge]:
+    """Weight edges, q-k links and residual links between the kept `nodes` of `model`."""
+    cfg = model.cfg
+    kept = {s: torch.as_tensor(sorted(v), dtype=torch.long) for s, v in nodes.items() if v}
+    out: list[Edge] = []
+
+    def weight_edges(W, src_site, dst_site, row_offset=0):
+        # every matrix is nn.Linear's (out, in), so the edge src -> dst is W[dst, src]
+        src, dst = kept.get(src_site), kept.get(dst_site)
+        if src is None or dst is None:
+            return
+        sub = W[dst + row_offset][:, src]
+        for r, c in torch.nonzero(sub).tolist():
+            out.append(Edge(NodeId(src_site, int(src[c])), NodeId(dst_site, int(dst[r])),
+                            float(sub[r, c])))
+
+    with torch.no_grad():
+        for l, block in enumerate(model.blocks):
+            p = f"blocks.{l}."
+            W = block.attn.c_attn.weight.detach().float().cpu()
+            for part, kind in enumerate(("q", "k", "v")):
+                weight_edges(W, p + "attn.in", p + f"attn.{kind}", part * cfg.d_attn)
+            weight_edges(block.attn.c_proj.weight.detach().float().cpu(), p + "attn.v", p + "attn.out")
+            weight_edges(block.mlp.c_fc.weight.detach().float().cpu(), p + "mlp.in", p + "mlp.neuron")
+            weight_edges(block.mlp.c_proj.weight.detach().float().cpu(), p + "mlp.neuron", p + "mlp.out")
+            q, k = set(nodes.get(p + "attn.q", ())), set(nodes.get(p + "attn.k", ()))
+            out += [Edge(NodeId(p + "attn.q", j), NodeId(p + "attn.k", j), 0.0, "qk")
+                    for j in sorted(q & k)]
+
+    # residual links: each kept write to every later kept read of the same channel
+    order = model.site_names()
+    writes = [s for s in order if s.endswith((".attn.out", ".mlp.out"))]
+    reads = [s for s in order if s.endswith((".attn.in", ".mlp.in"))]
+    for w in writes:
+        for r in reads:
+            if order.index(r) > order.index(w):
+                for c in sorted(set(nodes.get(w, ())) & set(nodes.get(r, ()))):
+                    out.append(Edge(NodeId(w, c), NodeId(r, c), 0.0, "residual"))
+    return out
+
+
+@dataclass
+class Circuit:
+    """A set of kept nodes of one model, the edges between them, and its provenance."""
+    nodes: dict[str, list[int]]            # site -> sorted kept indices (empty sites omitted)
+    edges: list[Edge]
+    task: str
+    model_hash: str
+    loss: float | None = None              # held-out loss, calibrated (what the bisection hit)
+    loss_uncalibrated: float | None = None
+    calibration: dict = field(default_factory=lambda: {"scale": 1.0, "shift": 0.0})
+    target_loss: float | None = None
+    ablation: str = "mean"
+    freeze_norm: bool = False
+    provenance: dict = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_keep(cls, model, keep: torch.Tensor, task: str, **kw) -> Circuit:
+        nodes = {s: v for s, v in NodeLayout(model).to_sets(keep).items() if v}
+        return cls(nodes, derive_edges(model, nodes), task, model_hash(model), **kw)
+
+    @classmethod
+    def from_nodes(cls, model, nodes: dict[str, list[int]], task: str, **kw) -> Circuit:
+        layout = NodeLayout(model)
+        for site, idx in nodes.items():
+            if site not in layout.sites:
+                raise UserError(f"circuit names unknown site '{site}'; sites look like "
+                                f"'blocks.0.attn.q'.")
+            n = layout.sizes[layout.sites.index(site)]
+            if any(not 0 <= i < n for i in idx):
+                raise UserError(f"circuit node index out of range at {site} (size {n}).")
+        return cls.from_keep(model, layout.from_sets(nodes), task, **kw)
+
+    # ---------------------------------------------------------------- counts
+
+    @property
+    def num_nodes(self) -> int:
+        return sum(len(v) for v in self.nodes.values())
+
+    @property
+    def num_edges(self) -> int:
+        """Weight edges: the size the paper compares across models."""
+        return sum(e.kind == "weight" for e in self.edges)
+
+    def node_ids(self) -> list[NodeId]:
+        return [NodeId(s, i) for s, idx in self.nodes.items() for i in idx]
+
+    def counts(self) -> dict:
+        """Nodes by site kind and layer, edges by kind and by destination site kind."""
+        by_kind = Counter()
+        for s, idx in self.nodes.items():
+            by_kind[_layer_kind(s)[1]] += len(idx)
+        edges = Counter()
+        links = Counter()
+        for e in self.edges:
+            if e.kind == "weight":
+                edges[f"{_layer_kind(e.src.site)[1]}->{_layer_kind(e.dst.site)[1]}"] += 1
+            else:
+                links[e.kind] += 1
+        return {"nodes": self.num_nodes, "edges": self.num_edges,
+                "nodes_by_site": {k: by_kind[k] for k in SITE_KINDS if by_kind[k]},
+                "nodes_by_layer": dict(sorted(Counter(
+                    _layer_kind(s)[0] for s, idx in self.nodes.items() for _ in idx).items())),
+                "edges_by_kind": dict(sorted(edges.items())),
+                "links": dict(sorted(links.items()))}
+
+    # ---------------------------------------------------------------- use
+
+    def keep_vector(self, model) -> torch.Tensor:
+        self.check_model(model)
+        return NodeLayout(model).from_sets(self.nodes)
+
+    def check_model(self, model) -> None:
+        h = model_hash(model)
+        if h != self.model_hash:
+            raise UserError(f"this circuit was found in model {self.model_hash} but is being "
+                            f"applied to model {h}; load the run it came from "
+                            f"({self.provenance.get('run_dir') or 'see its provenance'}).")
+
+    @contextlib.contextmanager
+    def applied(self, model, values: dict[str, torch.Tensor]):
+        """Inside the block, `model` runs with every node outside the circuit held at `values`
+        (its ablation values: see `circuits.ablation_values`)."""
+        layout = NodeLayout(model)
+        masks = layout.split(self.keep_vector(model).float())
+        with model.hooks(mask_hook(masks, values)):
+            yield model
+
+    # ---------------------------------------------------------------- files
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "task": self.task,
+                "model_hash": self.model_hash, "counts": self.counts(),
+                "loss": self.loss, "loss_uncalibrated": self.loss_uncalibrated,
+                "calibration": self.calibration, "target_loss": self.target_loss,
+                "ablation": self.ablation, "freeze_norm": self.freeze_norm,
+                "nodes": self.nodes, "edges": [e.to_list() for e in self.edges],
+                "provenance": self.provenance}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "circuit") -> Circuit:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise UserError(f"{where} is not a sparsecircuits circuit file (made by "
+                            "`sparsecircuits prune`).")
+        if d.get("version") != VERSION:
+            raise UserError(f"{where} has circuit format version {d.get('version')}; this "
+                            f"sparsecircuits reads version {VERSION}.")
+        try:
+            return cls(nodes={s: [int(i) for i in v] for s, v in d["nodes"].items()},
+                       edges=[Edge.from_list(e) for e in d["edges"]], task=d["task"],
+                       model_hash=d["model_hash"], loss=d.get("loss"),
+                       loss_uncalibrated=d.get("loss_uncalibrated"),
+                       calibration=d.get("calibration", {"scale": 1.0, "shift": 0.0}),
+                       target_loss=d.get("target_loss"), ablation=d.get("ablation", "mean"),
+                       freeze_norm=bool(d.get("freeze_norm", False)),
+                       provenance=d.get("provenance", {}))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise UserError(f"{where} is damaged ({type(e).__name__}: {e}); prune again.") from None
+
+    def save(self, path: str | Path) -> Path:
+        from ..checkpoint import atomic_write_text
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Circuit:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"circuit file {path} does not exist; make one with "
+                            "`sparsecircuits prune RUN_DIR --task NAME --out FILE`.")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"circuit file {path} is not valid JSON ({e}); prune again.") from None
+        return cls.from_dict(d, str(path))
+
+    def summary(self) -> str:
+        c = self.counts()
+        loss = f", held-out loss {self.loss:.3f}" if self.loss is not None else ""
+        return f"{self.task}: {c['nodes']} nodes, {c['edges']} edges{loss}"
+
+    def __repr__(self) -> str:
+        return f"Circuit({self.summary()})"
+
+
+def stamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,373 @@
+"""Pruning, circuits and validation: masks are exact, edges are counted right, and pruning
+recovers a circuit planted by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sparsecircuits.circuits import (Circuit, NodeLayout, PretrainingStats, PruneConfig,
+                                     bisect_smallest, derive_edges, find_circuit, heaviside,
+                                     mask_hook, validate)
+from sparsecircuits.circuits.pruning import TaskSplit, bisect_circuit
+from sparsecircuits.circuits.taskdata import TaskData, calibrate, logit_diffs, losses
+from sparsecircuits.circuits.validate import random_same_sizes, reinitialised
+from sparsecircuits.config import ModelConfig
+from sparsecircuits.corpus import Corpus
+from sparsecircuits.errors import UserError
+from sparsecircuits.model import GPT
+from sparsecircuits.tasks.core import Pair, Task
+
+from .conftest import tiny_config
+
+
+def random_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return GPT(tiny_config(model=kw).model).eval()
+
+
+def random_values(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    layout = NodeLayout(model)
+    return {s: torch.randn(n, generator=g) for s, n in zip(layout.sites, layout.sizes)}
+
+
+# ----------------------------------------------------------------------------- masks
+
+def test_all_masks_on_gives_the_unmasked_logits_exactly():
+    model = random_model()
+    layout = NodeLayout(model)
+    x = torch.randint(0, 512, (3, 17))
+    ones = layout.split(torch.ones(layout.total))
+    with torch.no_grad(), model.hooks(mask_hook(ones, random_values(model))):
+        masked = model(x)
+    assert torch.equal(masked, model(x).detach())
+
+
+def test_all_masks_off_gives_the_fully_ablated_logits_exactly():
+    model = random_model()
+    layout = NodeLayout(model)
+    values = random_values(model)
+    x = torch.randint(0, 512, (3, 17))
+    zeros = layout.split(torch.zeros(layout.total))
+    with torch.no_grad():
+        with model.hooks(mask_hook(zeros, values)):
+            masked = model(x)
+        with model.hooks(lambda name, t: values[name].expand_as(t).clone()):
+            ablated = model(x)
+    assert torch.equal(masked, ablated)
+    assert not torch.allclose(masked, model(x))
+
+
+def test_one_ablated_node_changes_only_that_node():
+    model = random_model()
+    layout = NodeLayout(model)
+    keep = torch.ones(layout.total)
+    site = "blocks.1.mlp.neuron"
+    keep[layout.flat_index((site, 5))] = 0
+    values = random_values(model)
+    x = torch.randint(0, 512, (2, 9))
+    _, clean = model.run_with_cache(x)
+    seen = {}
+    with torch.no_grad(), model.hooks(mask_hook(layout.split(keep), values),
+                                      lambda n, t: seen.setdefault(n, t) if n == site else t):
+        model(x)
+    changed = (seen[site] != clean[site]).any(dim=(0, 1))
+    assert changed.nonzero().flatten().tolist() == [5]
+    assert torch.all(seen[site][..., 5] == values[site][5])
+
+
+def test_frozen_norm_with_every_node_kept_matches_the_model():
+    model = random_model()
+    layout = NodeLayout(model)
+    tok_ids = torch.randint(0, 512, (4, 12))
+    data = TaskData(tok_ids, torch.tensor([12, 9, 5, 12]), torch.tensor([1, 1, 1, 1]),
+                    torch.tensor([2, 2, 2, 2]), torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    ones = layout.split(torch.ones(layout.total))
+    values = random_values(model)
+    with torch.no_grad():
+        full = logit_diffs(model, data)
+        frozen = logit_diffs(model, data, ones, values, freeze_norm=True)
+        zeros = layout.split(torch.zeros(layout.total))
+        a = logit_diffs(model, data, zeros, values, freeze_norm=True)
+        b = logit_diffs(model, data, zeros, values, freeze_norm=False)
+    assert torch.allclose(full, frozen, atol=1e-5)
+    assert not torch.allclose(a, b)  # freezing the norm is a different ablation
+
+
+def test_surrogate_gradient_is_the_sigmoid_derivative():
+    tau = torch.linspace(-1, 1, 41, requires_grad=True)
+    for temp in (1.0, 0.3):
+        tau.grad = None
+        m = heaviside(tau, temp)
+        assert torch.equal(m, (tau >= 0).float())
+        m.sum().backward()
+        s = torch.sigmoid(tau.detach() / temp)
+        assert torch.allclose(tau.grad, s * (1 - s) / temp)
+
+
+@pytest.mark.parametrize("answer", [0, 1, 2, 37, 999, 1000])
+def test_bisection_returns_the_smallest_passing_k(answer):
+    probes = []
+
+    def passes(k):
+        probes.append(k)
+        return k >= answer
+
+    assert bisect_smallest(passes, 0, 1000) == answer
+    assert len(probes) <= math.ceil(math.log2(1001)) + 1
+
+
+def test_circuit_bisection_finds_a_subset_when_the_full_set_fails(monkeypatch):
+    """A control task can be reachable by a subset although the full model fails it: the
+    search must not stop at the full set."""
+    model = random_model()
+    layout = NodeLayout(model)
+    data = TaskData(torch.randint(0, 512, (8, 6)), torch.full((8,), 6), torch.ones(8, dtype=torch.long),
+                    torch.full((8,), 2), torch.tensor([1.0, -1.0] * 4))
+    scores = torch.linspace(1, -1, layout.total)
+    calls = []
+
+    def fake_diffs(model_, data_, masks=None, values=None, freeze_norm=False, batch=256):
+        k = int(sum(m.sum() for m in masks.values()))
+        calls.append(k)
+        good = 20 <= k <= 40  # only mid-sized sets do the task
+        return data_.sign * (10.0 if good else -10.0)
+
+    import sparsecircuits.circuits.pruning as pruning
+    monkeypatch.setattr(pruning, "logit_diffs", fake_diffs)
+    keep, k, _, _, reached = bisect_circuit(model, data, None, scores,
+                                            PruneConfig(calibrate=False), layout)
+    assert reached and k == 20 and int(keep.sum()) == 20
+    assert len(set(calls)) < 25  # a doubling grid and a bisection, not a scan
+
+
+def test_calibration_lowers_the_loss_and_keeps_a_positive_scale():
+    g = torch.Generator().manual_seed(0)
+    sign = torch.tensor([1.0, -1.0] * 200)
+    d = sign * torch.rand(400, generator=g) * 0.3 + 0.5 + 0.5 * torch.randn(400, generator=g)
+    scale, shift = calibrate(d, sign)
+    assert scale > 0
+    assert losses(d, sign, scale, shift).mean() < losses(d, sign).mean() - 0.01
+    # flipped evidence cannot be un-flipped by a negative temperature
+    s2, _ = calibrate(-sign * 3.0, sign)
+    assert s2 > 0 and losses(-sign * 3.0, sign, s2).mean() >= math.log(2) - 1e-6
+
+
+# ----------------------------------------------------------------------------- edges
+
+def hand_model():
+    """1 layer, d_model 16 (one head of 16), d_mlp 4, with a few chosen nonzero weights."""
+    cfg = ModelConfig(n_layer=1, d_model=16, d_head=16, d_mlp=4, vocab_size=32, block_size=8,
+                      afrac=1.0, bigram=False)
+    m = GPT(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        W = m.blocks[0].attn.c_attn.weight          # (48, 16): rows q 0-15, k 16-31, v 32-47
+        W[0, 3] = 1.0     # attn.in 3 -> q 0
+        W[16, 3] = 2.0    # attn.in 3 -> k 0
+        W[16, 4] = 5.0    # attn.in 4 -> k 0 (4 not kept)
+        W[32 + 2, 3] = -1.0  # attn.in 3 -> v 2
+        P = m.blocks[0].attn.c_proj.weight          # (16, 16): out x v
+        P[7, 2] = 0.5     # v 2 -> attn.out 7
+        P[8, 2] = 0.5     # v 2 -> attn.out 8 (8 not kept)
+        F = m.blocks[0].mlp.c_fc.weight             # (4, 16)
+        F[1, 7] = 1.0     # mlp.in 7 -> neuron 1
+        F[2, 7] = 1.0     # neuron 2 not kept
+        C = m.blocks[0].mlp.c_proj.weight           # (16, 4)
+        C[9, 1] = -3.0    # neuron 1 -> mlp.out 9
+    return m
+
+
+HAND_NODES = {"blocks.0.attn.in": [3], "blocks.0.attn.q": [0], "blocks.0.attn.k": [0],
+              "blocks.0.attn.v": [2], "blocks.0.attn.out": [7], "blocks.0.mlp.in": [7],
+              "blocks.0.mlp.neuron": [1], "blocks.0.mlp.out": [9]}
+
+
+def test_edges_match_a_hand_built_model():
+    m = hand_model()
+    edges = derive_edges(m, HAND_NODES)
+    weights = {(str(e.src), str(e.dst)): e.weight for e in edges if e.kind == "weight"}
+    assert weights == {
+        ("blocks.0.attn.in[3]", "blocks.0.attn.q[0]"): 1.0,
+        ("blocks.0.attn.in[3]", "blocks.0.attn.k[0]"): 2.0,
+        ("blocks.0.attn.in[3]", "blocks.0.attn.v[2]"): -1.0,
+        ("blocks.0.attn.v[2]", "blocks.0.attn.out[7]"): 0.5,
+        ("blocks.0.mlp.in[7]", "blocks.0.mlp.neuron[1]"): 1.0,
+        ("blocks.0.mlp.neuron[1]", "blocks.0.mlp.out[9]"): -3.0,
+    }
+    links = sorted((str(e.src), str(e.dst), e.kind) for e in edges if e.kind != "weight")
+    assert links == [("blocks.0.attn.out[7]", "blocks.0.mlp.in[7]", "residual"),
+                     ("blocks.0.attn.q[0]", "blocks.0.attn.k[0]", "qk")]
+    c = Circuit.from_nodes(m, HAND_NODES, "hand")
+    assert (c.num_nodes, c.num_edges) == (8, 6)
+    assert c.counts()["edges_by_kind"]["attn.in->attn.k"] == 1
+
+
+def test_circuit_json_round_trip_and_model_binding(tmp_path):
+    m = hand_model()
+    c = Circuit.from_nodes(m, HAND_NODES, "hand", loss=0.1, calibration={"scale": 2.0, "shift": -1.0},
+                           provenance={"seed": 3})
+    path = c.save(tmp_path / "c.json")
+    back = Circuit.load(path)
+    assert back.to_dict() == c.to_dict()
+    assert torch.equal(back.keep_vector(m), c.keep_vector(m))
+    other = hand_model()
+    with torch.no_grad():
+        other.blocks[0].mlp.c_fc.weight[0, 0] = 1.0
+    with pytest.raises(UserError, match="was found in model"):
+        back.keep_vector(other)
+    (tmp_path / "bad.json").write_text("{ not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        Circuit.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(UserError, match="not a sparsecircuits circuit"):
+        Circuit.load(tmp_path / "other.json")
+    with pytest.raises(UserError, match="does not exist"):
+        Circuit.load(tmp_path / "missing.json")
+
+
+def test_random_circuits_keep_the_per_site_sizes():
+    m = random_model()
+    layout = NodeLayout(m)
+    keep = torch.zeros(layout.total, dtype=torch.bool)
+    keep[torch.randperm(layout.total)[:40]] = True
+    r = random_same_sizes(layout, keep, torch.Generator().manual_seed(0))
+    for sl in layout.slices().values():
+        assert int(r[sl].sum()) == int(keep[sl].sum())
+    assert not torch.equal(r, keep)
+
+
+def test_reinitialised_model_keeps_the_sparsity_pattern():
+    m = random_model()
+    with torch.no_grad():
+        m.blocks[0].mlp.c_fc.weight[:, ::2] = 0
+    twin = reinitialised(m)
+    a, b = m.blocks[0].mlp.c_fc.weight, twin.blocks[0].mlp.c_fc.weight
+    assert torch.equal(a == 0, b == 0)
+    assert not torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- planted circuit
+
+FILLERS = ["x", "y", "value", "result", "data", "name", "self", "key", "item", "args"]
+
+
+def single_tokens(tok, candidates):
+    return [c for c in candidates if len(tok.encode(c, add_special_tokens=False).ids) == 1]
+
+
+def planted(tok):
+    """A 1-layer model whose answer depends only on mlp.in[0] -> mlp.neuron[0] -> mlp.out[1].
+
+    Channel 0 of the embedding is +1 for token A and -1 for token B; neuron 0 reads it (GELU in
+    its linear range, bias 3) and writes channel 1 (with a bias that centres it); the
+    unembedding rows of the two answers read channel 1 only. Every other node carries random
+    noise that never reaches the answer logits.
+    """
+    words = single_tokens(tok, [" def", " class", " if", " for", " return", " import"])
+    answers = single_tokens(tok, ["(", ":", ",", "."])
+    a, b = words[:2]
+    x_ans, y_ans = answers[:2]
+    fill = single_tokens(tok, [" " + w for w in FILLERS])
+    ids = {s: tok.encode(s, add_special_tokens=False).ids[0] for s in (a, b, x_ans, y_ans)}
+    cfg = ModelConfig(n_layer=1, d_model=32, d_head=16, d_mlp=64, vocab_size=tok.get_vocab_size(),
+                      block_size=32, afrac=1.0, bigram=False)
+    torch.manual_seed(0)
+    m = GPT(cfg)
+    with torch.no_grad():
+        m.wte.weight.normal_()
+        m.wte.weight[:, :2] = 0
+        m.wte.weight[ids[a], 0], m.wte.weight[ids[b], 0] = 1.0, -1.0
+        attn, mlp = m.blocks[0].attn, m.blocks[0].mlp
+        attn.c_attn.weight.normal_(0, 0.3)
+        attn.c_proj.weight.normal_(0, 0.3)
+        attn.c_proj.weight[:2] = 0                 # attention never writes channels 0, 1
+        mlp.c_fc.weight.normal_(0, 0.3)
+        mlp.c_fc.weight[:, :2] = 0                 # no noise neuron reads channels 0, 1
+        mlp.c_fc.weight[0] = 0
+        mlp.c_fc.weight[0, 0] = 1.0
+        mlp.c_fc.bias.zero_()
+        mlp.c_fc.bias[0] = 3.0
+        mlp.c_proj.weight.normal_(0, 0.3)
+        mlp.c_proj.weight[:2] = 0
+        mlp.c_proj.weight[:, 0] = 0
+        mlp.c_proj.weight[1, 0] = 1.0
+        mlp.c_proj.bias.zero_()
+        mlp.c_proj.bias[1] = -torch.nn.functional.gelu(torch.tensor(3.0))
+        m.lm_head.weight.normal_(0, 0.3)
+        m.lm_head.weight[[ids[x_ans], ids[y_ans]]] = 0
+        m.lm_head.weight[ids[x_ans], 1], m.lm_head.weight[ids[y_ans], 1] = 20.0, -20.0
+
+    def make(rng, split):
+        body = "".join(rng.choice(fill) for _ in range(rng.randint(2, 8)))
+        return Pair(body + a, body + b, x_ans, y_ans)
+
+    task = Task("planted", "A -> X, B -> Y", make, differs=lambda p: True)
+    return m.eval(), task
+
+
+PLANTED = {"blocks.0.mlp.in": [0], "blocks.0.mlp.neuron": [0], "blocks.0.mlp.out": [1]}
+
+
+@pytest.fixture(scope="module")
+def planted_setup(corpus_dir):
+    corpus = Corpus(corpus_dir)
+    model, task = planted(corpus.tokenizer)
+    stats = PretrainingStats.compute(model, corpus.train, windows=16)
+    return model, corpus, task, stats
+
+
+def test_pruning_recovers_the_planted_circuit(planted_setup):
+    model, corpus, task, stats = planted_setup
+    cfg = PruneConfig(k_coef=1e-3, lr=1e-2, steps=150, train_pairs=128, heldout_pairs=64)
+    c = find_circuit(model, corpus.tokenizer, task, cfg, stats=stats, log=None)
+    assert c.nodes == PLANTED
+    assert c.num_edges == 2
+    assert c.loss <= 0.15
+
+
+def test_validation_passes_the_planted_circuit_and_fails_a_random_one(planted_setup):
+    model, corpus, task, stats = planted_setup
+    from sparsecircuits.tasks import SUITE
+    SUITE["planted"] = task  # validation looks tasks up by name
+    try:
+        cfg = dict(config=dict(train_pairs=64, heldout_pairs=32))
+        good = Circuit.from_nodes(model, PLANTED, "planted", target_loss=0.15, provenance=cfg)
+        v = validate(good, model, corpus.tokenizer, stats=stats, n=64, draws=8, controls=False,
+                     log=None)
+        assert v.convincing, v.format()
+        assert v.sufficiency["loss"] <= 0.15
+        assert v.necessity["loss"] > 0.6
+        assert v.faithfulness > 0.9
+        assert v.random["beaten_by"] == 0
+
+        g = torch.Generator().manual_seed(5)
+        layout = NodeLayout(model)
+        rand_keep = random_same_sizes(layout, good.keep_vector(model), g)
+        bad = Circuit.from_keep(model, rand_keep, "planted", target_loss=0.15, provenance=cfg)
+        assert bad.nodes != PLANTED
+        v2 = validate(bad, model, corpus.tokenizer, stats=stats, n=64, draws=8, controls=False,
+                      log=None)
+        assert not v2.convincing
+        assert v2.sufficiency["loss"] > 0.5
+        assert any(line.startswith("FAIL sufficiency") for line in v2.verdicts)
+    finally:
+        del SUITE["planted"]
+
+
+def test_task_split_keeps_heldout_pairs_apart(planted_setup):
+    model, corpus, task, _ = planted_setup
+    cfg = PruneConfig(train_pairs=40, heldout_pairs=20)
+    split = TaskSplit(model, corpus.tokenizer, task, cfg)
+    assert len(split.train) == 80 and len(split.heldout) == 40
+
+    def prompts(d):
+        return {tuple(d.idx[i, :d.lengths[i]].tolist()) for i in range(len(d))}
+
+    assert len(prompts(split.train)) > 40
+    assert not prompts(split.train) & prompts(split.heldout)
