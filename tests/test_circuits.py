@@ -254,7 +254,8 @@ def test_reinitialised_model_keeps_the_sparsity_pattern():
 
 # ----------------------------------------------------------------------------- planted circuit
 
-FILLERS = ["x", "y", "value", "result", "data", "name", "self", "key", "item", "args"]
+FILLERS = ["x", "y", "value", "result", "data", "name", "self", "key", "item", "args", "i", "n",
+           "path", "line", "text", "f", "s", "obj", "node", "kwargs", "size", "file", "msg", "cls"]
 
 
 def single_tokens(tok, candidates):
@@ -308,6 +309,7 @@ def planted(tok):
         return Pair(body + a, body + b, x_ans, y_ans)
 
     task = Task("planted", "A -> X, B -> Y", make, differs=lambda p: True)
+    m.planted_words = dict(a=a, b=b, target=x_ans, alt=y_ans, fill=[f.strip() for f in fill])
     return m.eval(), task
 
 
@@ -371,3 +373,14 @@ def test_task_split_keeps_heldout_pairs_apart(planted_setup):
 
     assert len(prompts(split.train)) > 40
     assert not prompts(split.train) & prompts(split.heldout)
+
+
+def test_parallel_search_matches_the_sequential_one(planted_setup):
+    model, corpus, task, stats = planted_setup
+    cfg = PruneConfig(steps=60, train_pairs=64, heldout_pairs=32)
+    seq = find_circuit(model, corpus.tokenizer, task, cfg, budget=2, jobs=1, stats=stats, log=None)
+    par = find_circuit(model, corpus.tokenizer, task, cfg, budget=2, jobs=2, stats=stats, log=None)
+    assert par.nodes == seq.nodes
+    assert par.provenance["search"]["trials"] == seq.provenance["search"]["trials"] or all(
+        {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+        for a, b in zip(par.provenance["search"]["trials"], seq.provenance["search"]["trials"]))

@@ -121,12 +121,20 @@ class PruneRun:
 class TaskSplit:
     """Train pairs for the masks, held-out pairs for the bisection; both from the train split."""
 
+    MIN_PAIRS = 12
+
     def __init__(self, model, tok, task: Task, cfg: PruneConfig):
         n = cfg.train_pairs + cfg.heldout_pairs
-        pairs = task.pairs(n, "train", seed=0)
+        pairs = task.pairs(n, "train", seed=0, at_most=True)
+        if len(pairs) < self.MIN_PAIRS:
+            raise UserError(f"task '{task.name}' makes only {len(pairs)} distinct train pairs; "
+                            f"pruning needs at least {self.MIN_PAIRS}: add templates or slot "
+                            "values.")
+        # a task with fewer pairs than asked keeps the asked-for train : held-out proportion
+        n_train = round(len(pairs) * cfg.train_pairs / n)
         bs = model.cfg.block_size
-        self.train = TaskData.from_pairs(tok, task.name, pairs[:cfg.train_pairs], bs)
-        self.heldout = TaskData.from_pairs(tok, task.name, pairs[cfg.train_pairs:], bs)
+        self.train = TaskData.from_pairs(tok, task.name, pairs[:n_train], bs)
+        self.heldout = TaskData.from_pairs(tok, task.name, pairs[n_train:], bs)
 
 
 def resolve_values(model, cfg: PruneConfig, split: TaskSplit,

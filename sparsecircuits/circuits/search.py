@@ -81,6 +81,7 @@ def find_circuit(model, tok, task: Task | str, cfg: PruneConfig | None = None, *
                  corpus=None, provenance: dict | None = None, log=print) -> Circuit:
     """Prune `model` for `task`: `budget` runs of the built-in search, the smallest circuit (in
     edges) that reaches the target wins. Mean ablation needs `stats` or a `corpus`."""
+    ref = task_reference(task) if isinstance(task, str) else task.name
     task = get_task(task) if isinstance(task, str) else task
     cfg = (cfg or PruneConfig()).validate()
     if cfg.ablation == "mean" and stats is None:
@@ -124,7 +125,7 @@ def find_circuit(model, tok, task: Task | str, cfg: PruneConfig | None = None, *
                   for t, r, c in zip(trials, runs, circuits)]
     from ..checkpoint import versions
     prov = dict(provenance or {})
-    prov.update(model_hash=model_hash(model), task=task.name, split="train",
+    prov.update(model_hash=model_hash(model), task=ref, split="train",
                 pairs=dict(train=cfg.train_pairs, heldout=cfg.heldout_pairs),
                 hyperparameters=best_cfg.hyperparameters(), config=asdict(best_cfg),
                 search=dict(budget=budget, jobs=jobs, trials=trial_rows, chosen=best_i),
@@ -136,6 +137,14 @@ def find_circuit(model, tok, task: Task | str, cfg: PruneConfig | None = None, *
                              calibration={"scale": best.scale, "shift": best.shift},
                              target_loss=cfg.target_loss, ablation=cfg.ablation,
                              freeze_norm=cfg.freeze_norm, provenance=prov)
+
+
+def task_reference(name: str) -> str:
+    """What `get_task` needs to find a task again: a task file by its absolute path."""
+    base, _, control = name.partition(":")
+    if base.endswith(".toml"):
+        return str(Path(base).resolve()) + (f":{control}" if control else "")
+    return name
 
 
 def open_run(run_dir: str | Path):

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import UserError
 from ..tasks import get_task
+from ..tasks.core import inverted
 from .ablation import PretrainingStats
 from .circuit import Circuit, stamp
 from .nodes import NodeLayout
@@ -154,13 +155,19 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
             raise UserError("validation resamples pretraining activations: pass a corpus (or "
                             "stats).")
         stats = PretrainingStats.cached(model, corpus, log=log)
-    task = get_task(circuit.task)
+    task = get_task(circuit.provenance.get("task") or circuit.task)
     cfg = PruneConfig(**{k: v for k, v in circuit.provenance.get("config", {}).items()
                          if k in PruneConfig.field_names()})
     cfg = replace(cfg, ablation=circuit.ablation, freeze_norm=circuit.freeze_norm,
                   target_loss=circuit.target_loss or cfg.target_loss)
     layout = NodeLayout(model)
-    test = TaskData.from_pairs(tok, task.name, task.pairs(n, "test", seed=seed), model.cfg.block_size)
+    pairs = task.pairs(n, "test", seed=seed, at_most=True)
+    if len(pairs) < TaskSplit.MIN_PAIRS:
+        raise UserError(f"task '{task.name}' makes only {len(pairs)} distinct test pairs; "
+                        f"validation needs at least {TaskSplit.MIN_PAIRS}: add templates or "
+                        "slot values.")
+    n = len(pairs)
+    test = TaskData.from_pairs(tok, task.name, pairs, model.cfg.block_size)
     values = resolve_values(model, cfg, TaskSplit(model, tok, task, cfg), stats)
     keep = circuit.keep_vector(model)
     cal = circuit.calibration
@@ -214,7 +221,7 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
 
     if controls:
         runs = {
-            "control: inverted labels": (model, get_task(f"{task.name}:inverted"), cfg, stats),
+            "control: inverted labels": (model, inverted(task), cfg, stats),
             "control: re-initialised model": None,
             "sensitivity: zero ablation": (model, task, replace(cfg, ablation="zero"), stats),
             "sensitivity: frozen norm": (model, task, replace(cfg, freeze_norm=True), stats),

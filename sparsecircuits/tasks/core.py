@@ -89,8 +89,9 @@ class Task:
     tags: tuple[str, ...] = field(default_factory=tuple)
     rng_key: str = ""  # seeds the pairs (default: the name); controls share their task's prompts
 
-    def pairs(self, n: int, split: str = "test", seed: int = 0) -> list[Pair]:
-        """n distinct pairs of the split; the same n, split and seed give the same pairs."""
+    def pairs(self, n: int, split: str = "test", seed: int = 0, at_most: bool = False) -> list[Pair]:
+        """n distinct pairs of the split; the same n, split and seed give the same pairs. With
+        `at_most`, as many as the task can make up to n, rather than an error."""
         if split not in SPLITS:
             raise UserError(f"unknown split '{split}'{closest(split, SPLITS)}; use train or test.")
         if n < 1:
@@ -104,6 +105,8 @@ class Task:
                 out.append(p)
                 if len(out) == n:
                     return out
+        if at_most:
+            return out
         raise UserError(f"task '{self.name}' can make only {len(out)} distinct {split} pairs; "
                         f"ask for at most {len(out)}.")
 
