@@ -2,7 +2,9 @@
 
 __version__ = "0.1.0"
 
+from . import circuits
 from .checkpoint import load
+from .circuits import Circuit, find_circuit, prune, validate
 from .config import (SITE_KINDS, DataConfig, ModelConfig, RunConfig, SparsityConfig, TrainConfig,
                      config_from_dict, load_config, preset)
 from .corpus import Corpus, build_corpus, open_corpus
@@ -14,6 +16,7 @@ from .tokenizer import load_tokenizer, train_tokenizer
 from .train import train
 
 __all__ = [
+    "Circuit", "circuits", "find_circuit", "prune", "validate",
     "GPT", "PAPER_TASKS", "SITE_KINDS", "SUITE", "Corpus", "DataConfig", "ModelConfig", "Pair",
     "RunConfig", "SparsityConfig", "Task", "TrainConfig", "UserError", "build_corpus",
     "config_from_dict", "evaluate", "evaluate_tasks", "get_task", "get_tasks", "load",

@@ -333,6 +333,24 @@ def test_pruning_recovers_the_planted_circuit(planted_setup):
     assert c.loss <= 0.15
 
 
+@pytest.mark.parametrize("ablation,freeze_norm", [("zero", False), ("task-mean", False),
+                                                  ("mean", True)])
+def test_every_ablation_recovers_the_planted_circuit(planted_setup, ablation, freeze_norm):
+    model, corpus, task, stats = planted_setup
+    cfg = PruneConfig(k_coef=1e-3, lr=1e-2, steps=150, train_pairs=128, heldout_pairs=64,
+                      ablation=ablation, freeze_norm=freeze_norm)
+    c = find_circuit(model, corpus.tokenizer, task, cfg, stats=stats, log=None)
+    assert (c.ablation, c.freeze_norm) == (ablation, freeze_norm)
+    if ablation == "zero":
+        # Zeroing the noise shrinks the residual stream, so the planted neuron leaves its
+        # linear range; pruning keeps a few channels that restore the norm. The planted path
+        # must still be there, and little else.
+        assert all(set(v) <= set(c.nodes.get(s, ())) for s, v in PLANTED.items())
+        assert c.num_nodes <= 8
+    else:
+        assert c.nodes == PLANTED
+
+
 def test_validation_passes_the_planted_circuit_and_fails_a_random_one(planted_setup):
     model, corpus, task, stats = planted_setup
     from sparsecircuits.tasks import SUITE

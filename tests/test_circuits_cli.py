@@ -103,3 +103,23 @@ def test_validate_errors_are_one_line(planted_run, capsys, tmp_path):
     assert_one_line_error(*run_cli(capsys, "validate", str(out), "--run", str(other))[::2],
                           "was found in model")
     torch.manual_seed(0)
+
+
+def test_readme_circuit_example_runs(planted_run, monkeypatch, tmp_path):
+    """The README's circuit example, on the planted run and its task file."""
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+               if "find_circuit" in b]
+    run, task = planted_run
+    code = code.replace('"runs/small-sparse"', repr(str(run)))
+    code = code.replace('"single_double_quote"', repr(str(task)))
+    code = code.replace("budget=3", "budget=2, log=None")
+    monkeypatch.setenv("SPARSECIRCUITS_HOME", str(tmp_path))
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["circuit"].nodes == PLANTED
+    full = namespace["model"](namespace["idx"])
+    assert full.shape == namespace["circuit_logits"].shape
+    assert not torch.equal(full, namespace["circuit_logits"])

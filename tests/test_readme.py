@@ -17,6 +17,8 @@ def test_readme_python_example_runs(corpus_dir, tmp_path, monkeypatch):
           log=quiet)
     monkeypatch.chdir(tmp_path)
     for code in blocks:
+        if "find_circuit" in code:  # needs a model that can do a task: tests/test_circuits_cli.py
+            continue
         namespace = {}
         exec(compile(code, "README.md", "exec"), namespace)
         assert not namespace["torch"].equal(namespace["logits"], namespace["patched"])
