@@ -127,6 +127,25 @@ def cmd_validate(a):
         print(f"\nwrote {a.out}")
 
 
+def cmd_view(a):
+    from .explain import view
+    out = view(a.circuit, a.out, run=a.run)
+    print(f"wrote {out}: open it in a browser (no network or server needed)")
+
+
+def cmd_report(a):
+    from .explain import report
+    out = report(a.circuit, a.out, run=a.run, validation=a.validation,
+                 controls=not a.no_controls)
+    print(f"wrote {out}/report.md, report.html, viewer.html and validation.json")
+
+
+def cmd_trace(a):
+    from .explain import trace
+    t = trace(a.run_dir, a.circuit, a.prompt, answers=tuple(a.answers) if a.answers else None)
+    print(json.dumps(t.to_dict(), indent=1) if a.json else t.format())
+
+
 def cmd_demo(a):
     from .demo import demo
     demo(a.out)
@@ -216,6 +235,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip the controls and sensitivity prunings (faster)")
     va.add_argument("--seed", type=int, default=0)
     va.set_defaults(fn=cmd_validate)
+
+    vw = sub.add_parser("view", help="write a circuit's interactive viewer (one HTML file)")
+    vw.add_argument("circuit", metavar="CIRCUIT.json")
+    vw.add_argument("--out", required=True, metavar="FILE.html")
+    vw.add_argument("--run", metavar="RUN_DIR", help="the circuit's run (default: as recorded)")
+    vw.set_defaults(fn=cmd_view)
+
+    rp = sub.add_parser("report", help="write a circuit's audit report (Markdown and HTML)")
+    rp.add_argument("circuit", metavar="CIRCUIT.json")
+    rp.add_argument("--out", required=True, metavar="DIR")
+    rp.add_argument("--run", metavar="RUN_DIR", help="the circuit's run (default: as recorded)")
+    rp.add_argument("--validation", metavar="FILE.json",
+                    help="figures from `validate --out` (default: validate now)")
+    rp.add_argument("--no-controls", action="store_true",
+                    help="when validating now, skip the controls (faster, flagged as a caveat)")
+    rp.set_defaults(fn=cmd_report)
+
+    tr = sub.add_parser("trace", help="why the model answers one prompt as it does, node by node")
+    tr.add_argument("run_dir", metavar="RUN_DIR")
+    tr.add_argument("--circuit", required=True, metavar="CIRCUIT.json")
+    tr.add_argument("--prompt", required=True, help="the text whose next token is traced")
+    tr.add_argument("--answers", nargs=2, metavar=("A", "B"),
+                    help="the two answers compared (default: the circuit's task's)")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(fn=cmd_trace)
 
     d = sub.add_parser("demo", help="the main job: train a tiny sparse model and inspect it")
     d.add_argument("--out", default="sparsecircuits-demo", metavar="DIR")

@@ -244,6 +244,18 @@ class Circuit:
     def __repr__(self) -> str:
         return f"Circuit({self.summary()})"
 
+    def _repr_html_(self) -> str:
+        from ..doc import Doc
+        c = self.counts()
+        doc = Doc().p(f"Circuit for {self.task}: {c['nodes']} nodes, {c['edges']} edges "
+                      f"(model {self.model_hash}, {self.ablation} ablation)")
+        rows = [[f"nodes at {k}", n] for k, n in c["nodes_by_site"].items()]
+        rows += [[f"edges {k}", n] for k, n in c["edges_by_kind"].items()]
+        if self.loss is not None:
+            rows.append(["held-out loss (calibrated / before)",
+                         f"{self.loss:.3f} / {self.loss_uncalibrated:.3f}"])
+        return doc.table(["", ""], rows).html_body()
+
 
 def stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -59,6 +59,19 @@ class Validation:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _repr_html_(self) -> str:
+        from ..doc import Doc
+        rows = [["full model", self.full_model["loss"], self.full_model["accuracy"]],
+                ["sufficiency (calibrated)", self.sufficiency["loss"], self.sufficiency["accuracy"]],
+                ["necessity", self.necessity["loss"], self.necessity["accuracy"]],
+                ["empty circuit", self.empty["loss"], self.empty["accuracy"]],
+                ["random circuits (median)", self.random["median"], None],
+                ["stochastic ablation (mean)", self.stochastic["mean"], None],
+                ["faithfulness", self.faithfulness, None]]
+        return (Doc().p(f"Validation of the {self.task} circuit ({self.circuit['nodes']} nodes, "
+                        f"{self.circuit['edges']} edges) on {self.test_pairs} test pairs")
+                .table(["measure", "loss / value", "accuracy"], rows).ul(self.verdicts).html_body())
+
     def format(self) -> str:
         s, n, r, st, e = self.sufficiency, self.necessity, self.random, self.stochastic, self.empty
         rows = [

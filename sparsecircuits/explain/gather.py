@@ -1,0 +1,59 @@
+"""Everything a viewer or report shows about a circuit, measured once, as plain JSON data."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..circuits.ablation import PretrainingStats
+from ..circuits.circuit import Circuit
+from ..circuits.pruning import PruneConfig, TaskSplit, resolve_values
+from ..circuits.taskdata import TaskData
+from ..errors import UserError
+from ..tasks import get_task
+from .cards import node_cards, prompt_activations
+
+
+def circuit_task(circuit: Circuit):
+    return get_task(circuit.provenance.get("task") or circuit.task)
+
+
+def circuit_values(circuit: Circuit, model, tok, stats: PretrainingStats):
+    """The ablation values the circuit was found with."""
+    cfg = PruneConfig(**{k: v for k, v in circuit.provenance.get("config", {}).items()
+                         if k in PruneConfig.field_names()})
+    cfg = replace(cfg, ablation=circuit.ablation)
+    task = circuit_task(circuit)
+    return resolve_values(model, cfg, TaskSplit(model, tok, task, cfg), stats)
+
+
+def gather(circuit: Circuit, model, tok, corpus, *, pairs: int = 32, browse: int = 6,
+           log=print) -> dict:
+    """Cards for every node, the edges, and prompts for the browser: the viewer's data."""
+    circuit.check_model(model)
+    stats = PretrainingStats.cached(model, corpus, log=log)
+    task = circuit_task(circuit)
+    test_pairs = task.pairs(pairs, "test", seed=0, at_most=True)
+    if not test_pairs:
+        raise UserError(f"task '{task.name}' makes no test pairs to show the circuit on.")
+    test = TaskData.from_pairs(tok, task.name, test_pairs, model.cfg.block_size)
+    values = circuit_values(circuit, model, tok, stats)
+    if log:
+        log(f"measuring {circuit.num_nodes} node cards ...")
+    cards = node_cards(circuit, model, tok, val_tokens=corpus.val, test=test, values=values)
+    index = {c["id"]: i for i, c in enumerate(cards)}
+    edges = [[index[str(e.src)], index[str(e.dst)], round(e.weight, 5), e.kind]
+             for e in circuit.edges if str(e.src) in index and str(e.dst) in index]
+    example = test_pairs[0]
+    cfg = model.cfg
+    return dict(
+        meta=dict(task=task.name, description=task.description, nodes=circuit.num_nodes,
+                  edges=circuit.num_edges, loss=circuit.loss,
+                  loss_uncalibrated=circuit.loss_uncalibrated, calibration=circuit.calibration,
+                  target_loss=circuit.target_loss, ablation=circuit.ablation,
+                  freeze_norm=circuit.freeze_norm, model_hash=circuit.model_hash,
+                  run_dir=circuit.provenance.get("run_dir"), n_layer=cfg.n_layer,
+                  d_model=cfg.d_model, d_mlp=cfg.d_mlp, afrac=cfg.afrac,
+                  example=dict(clean=example.clean, corrupt=example.corrupt,
+                               target=example.target, alt=example.alt)),
+        nodes=cards, edges=edges,
+        prompts=prompt_activations(circuit, model, tok, test, pairs=browse))

@@ -1,0 +1,166 @@
+"""The audit report: one document (Markdown and HTML) that says what was studied, on which
+model, how big the circuit is, every validation figure with its meaning, what each node does,
+the caveats, and how to reproduce it all."""
+
+from __future__ import annotations
+
+import shlex
+
+from ..circuits.circuit import Circuit
+from ..doc import Doc
+
+MEANINGS = {
+    "full model": "the behaviour as the whole model does it",
+    "sufficiency": "the circuit alone, every other node ablated, after calibration; at most the "
+                   "target means the circuit carries the behaviour",
+    "sufficiency before calibration": "the same without the fitted logit scale and shift",
+    "necessity": "the full model with only the circuit ablated; far above the full model means the "
+                 "model has no other route",
+    "empty circuit": "every node ablated: the floor every other figure is judged against",
+    "random circuits (median)": "circuits with the same number of nodes at every site, drawn at "
+                                "random and calibrated on the test pairs themselves",
+    "stochastic ablation (mean)": "a random half of the non-circuit nodes resampled from random "
+                                  "pretraining tokens instead of held at the mean",
+    "faithfulness": "(F(circuit) - F(empty)) / (F(model) - F(empty)) with F = -loss; 1 = the "
+                    "circuit recovers the model",
+    "completeness": "the same ratio for everything outside the circuit; 0 = nothing is left there",
+}
+
+
+def caveats(circuit: Circuit, v: dict) -> list[str]:
+    out = []
+    target = circuit.target_loss or 0.15
+    raw = v["sufficiency"]["loss_uncalibrated"]
+    cal = circuit.calibration
+    if raw > target:
+        out.append(f"Calibration was needed: before the fitted scale {cal['scale']:.2f} and shift "
+                   f"{cal['shift']:.2f}, the circuit's test loss is {raw:.3f}, above the target "
+                   f"{target}. The circuit ranks the answers right more than it sizes its logits "
+                   "right.")
+    for line in v.get("verdicts", []):
+        if line.startswith(("FAIL", "UNCONVINCING")):
+            out.append(line)
+    for name, c in v.get("controls", {}).items():
+        if c.get("reached") and v["circuit"]["edges"] > 0:
+            ratio = c["edges"] / v["circuit"]["edges"]
+            if ratio < 4:
+                out.append(f"{name}: its circuit is only {ratio:.1f}x this one's edges; the margin "
+                           "over the control is narrow.")
+    for name, c in v.get("sensitivity", {}).items():
+        if c.get("reached") and v["circuit"]["edges"] > 0:
+            ratio = c["edges"] / v["circuit"]["edges"]
+            if ratio > 2 or ratio < 0.5:
+                out.append(f"{name}: {c['edges']} edges, {ratio:.1f}x this circuit's; the size "
+                           "depends strongly on how pruned nodes are ablated.")
+    if not v.get("controls"):
+        out.append("The controls (inverted labels, re-initialised model) were not run; the size "
+                   "of this circuit has nothing to be compared with.")
+    if v["test_pairs"] < 64:
+        out.append(f"Only {v['test_pairs']} test pairs: figures carry sampling noise of several "
+                   "hundredths.")
+    return out
+
+
+def build_report(circuit: Circuit, validation: dict, data: dict, run_info: dict,
+                 viewer_file: str | None = None) -> Doc:
+    m, v = data["meta"], validation
+    doc = Doc()
+    doc.h(1, f"Audit report: the {m['task']} circuit")
+    verdict = "convincing" if v.get("convincing") else "NOT convincing"
+    doc.p(f"A circuit of {m['nodes']} nodes and {m['edges']} edges in model {m['model_hash']}; "
+          f"by the checks below it is {verdict}.")
+    if viewer_file:
+        doc.link("Open the interactive circuit viewer", viewer_file)
+
+    doc.h(2, "Behaviour studied")
+    doc.p(f"Task {m['task']}: {m['description']}. Each pair of prompts differs minimally and "
+          "wants different next tokens. Loss is the two-token contrast cross-entropy per "
+          f"sequence (chance 0.693); the target is {m['target_loss']}.")
+    ex = m["example"]
+    doc.table(["prompt", "last line", "wants"],
+              [["clean", ex["clean"].rstrip("\n").split("\n")[-1], repr(ex["target"])],
+               ["corrupt", ex["corrupt"].rstrip("\n").split("\n")[-1], repr(ex["alt"])]])
+
+    doc.h(2, "Model")
+    doc.table(["", ""], [[k, val] for k, val in run_info.items()])
+
+    doc.h(2, "Circuit")
+    counts = circuit.counts()
+    doc.table(["figure", "value"], [
+        ["nodes", counts["nodes"]], ["edges (nonzero weights between kept nodes)", counts["edges"]],
+        ["nodes by site", ", ".join(f"{k} {n}" for k, n in counts["nodes_by_site"].items())],
+        ["edges by kind", ", ".join(f"{k} {n}" for k, n in counts["edges_by_kind"].items())],
+        ["held-out loss (calibrated / before)", f"{circuit.loss:.3f} / {circuit.loss_uncalibrated:.3f}"
+         if circuit.loss is not None else "n/a"],
+        ["calibration (scale, shift)", f"{circuit.calibration['scale']:.3f}, "
+                                       f"{circuit.calibration['shift']:.3f}"],
+        ["ablation", circuit.ablation + (", frozen norm" if circuit.freeze_norm else "")]])
+    trials = circuit.provenance.get("search", {}).get("trials", [])
+    if trials:
+        doc.p(f"Search: {len(trials)} pruning runs; the smallest circuit (in edges) reaching the "
+              "target was kept.")
+        doc.table(["k_coef", "lr", "seed", "nodes", "edges", "loss", "seconds"],
+                  [[t["k_coef"], t["lr"], t["seed"], t["nodes"], t["edges"], t["loss"],
+                    t["seconds"]] for t in trials])
+
+    doc.h(2, "Validation")
+    doc.p(f"On {v['test_pairs']} test-split pairs (templates or values pruning never saw).")
+    s = v["sufficiency"]
+    rows = [
+        ["full model", v["full_model"]["loss"], v["full_model"]["accuracy"]],
+        ["sufficiency", s["loss"], s["accuracy"]],
+        ["sufficiency before calibration", s["loss_uncalibrated"], None],
+        ["necessity", v["necessity"]["loss"], v["necessity"]["accuracy"]],
+        ["empty circuit", v["empty"]["loss"], v["empty"]["accuracy"]],
+        ["random circuits (median)", v["random"]["median"], None],
+        ["stochastic ablation (mean)", v["stochastic"]["mean"], None],
+        ["faithfulness", v["faithfulness"], None],
+        ["completeness", v["completeness"], None],
+    ]
+    doc.table(["figure", "loss / value", "accuracy", "meaning"],
+              [r + [MEANINGS[r[0]]] for r in rows])
+    sizes = [[name, c.get("nodes", "none reach the target"), c.get("edges", "")]
+             for name, c in {**v.get("controls", {}), **v.get("sensitivity", {})}.items()]
+    if sizes:
+        doc.table(["circuit size", "nodes", "edges"],
+                  [["this circuit", v["circuit"]["nodes"], v["circuit"]["edges"]]] + sizes)
+    doc.ul(v.get("verdicts", []))
+
+    doc.h(2, "Nodes")
+    doc.p("What each node does (full model, validation corpus), and how much the circuit's test "
+          "loss rises when it alone is also ablated.")
+    doc.table(["node", "description", "loss change if ablated", "mean act. clean / corrupt"],
+              [[n["id"], n["description"], n["ablation_delta"],
+                f"{n['task']['clean']:.3f} / {n['task']['corrupt']:.3f}"] for n in data["nodes"]])
+
+    doc.h(2, "Caveats")
+    doc.ul(caveats(circuit, v) or ["None flagged by the automatic checks."])
+
+    doc.h(2, "Reproduce")
+    doc.code(reproduce_commands(circuit))
+    versions = circuit.provenance.get("versions", {})
+    if versions:
+        doc.p("Versions: " + ", ".join(f"{k} {val}" for k, val in versions.items()) + ".")
+    if circuit.provenance.get("created"):
+        doc.p(f"Circuit created {circuit.provenance['created']}; validation "
+              f"{v.get('provenance', {}).get('created', 'n/a')}.")
+    return doc
+
+
+def reproduce_commands(circuit: Circuit) -> str:
+    prov = circuit.provenance
+    cfg = prov.get("config", {})
+    run = prov.get("run_dir", "RUN_DIR")
+    search = prov.get("search", {})
+    args = ["sparsecircuits", "prune", run, "--task", prov.get("task", circuit.task),
+            "--out", "circuit.json", "--target-loss", str(circuit.target_loss),
+            "--ablation", circuit.ablation]
+    if circuit.freeze_norm:
+        args.append("--freeze-norm")
+    trials = search.get("trials") or []
+    base_seed = trials[0]["seed"] if trials else cfg.get("seed", 0)  # the first trial has no offset
+    args += ["--seed", str(base_seed), "--steps", str(cfg.get("steps", 100)),
+             "--budget", str(search.get("budget", 1))]
+    return "\n".join([" ".join(shlex.quote(a) for a in args),
+                      "sparsecircuits validate circuit.json --out validation.json",
+                      "sparsecircuits report circuit.json --validation validation.json --out report"])

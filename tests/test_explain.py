@@ -1,0 +1,166 @@
+"""The viewer in a real browser, the audit report, the trace, and notebook displays, on a
+circuit pruned from the planted model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from sparsecircuits.circuits import Circuit, open_run
+from sparsecircuits.explain import gather, render_html
+
+from .test_circuits import PLANTED
+from .test_circuits_cli import planted_run  # noqa: F401  (a fixture)
+from .test_cli import assert_one_line_error, run_cli
+
+ATTACK = '</script><img src=x onerror="window.__pwned=1">'
+
+
+@pytest.fixture(scope="module")
+def planted_circuit(planted_run, tmp_path_factory):  # noqa: F811
+    run, task = planted_run
+    out = tmp_path_factory.mktemp("explain") / "circuit.json"
+    from sparsecircuits.cli import main
+    assert main(["prune", str(run), "--task", str(task), "--out", str(out), "--budget", "2",
+                 "--steps", "150"]) == 0
+    assert Circuit.load(out).nodes == PLANTED
+    return run, task, out
+
+
+def test_report_writes_every_figure_and_the_viewer(planted_circuit, capsys, tmp_path):
+    run, _, circuit = planted_circuit
+    code, out, err = run_cli(capsys, "report", str(circuit), "--out", str(tmp_path / "rep"))
+    assert code == 0, err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for needle in ("## Behaviour studied", "## Model", "## Circuit", "## Validation", "## Nodes",
+                   "## Caveats", "## Reproduce", "sufficiency", "necessity", "faithfulness",
+                   "stochastic ablation", "control: inverted labels",
+                   "control: re-initialised model", "sensitivity: zero ablation",
+                   "blocks.0.mlp.neuron[0]", "sparsecircuits prune", "3 nodes and 2 edges"):
+        assert needle in md, needle
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<table>" in html and "blocks.0.mlp.neuron[0]" in html and "<script" not in html
+    v = json.loads((tmp_path / "rep" / "validation.json").read_text())
+    assert v["sufficiency"]["loss"] <= 0.15
+    # the figures in the report are the validation's own
+    assert f"{v['necessity']['loss']:.4g}" in md
+    assert (tmp_path / "rep" / "viewer.html").is_file()
+
+    # re-using a validation file skips validating; a bad one is a one-line error
+    code, _, err = run_cli(capsys, "report", str(circuit), "--out", str(tmp_path / "rep2"),
+                           "--validation", str(tmp_path / "rep" / "validation.json"))
+    assert code == 0, err
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    assert_one_line_error(*run_cli(capsys, "report", str(circuit), "--out", str(tmp_path / "r3"),
+                                   "--validation", str(tmp_path / "junk.json"))[::2],
+                          "not a validation file")
+
+
+def test_trace_names_the_nodes_that_decide_the_answer(planted_circuit, capsys):
+    run, _, circuit = planted_circuit
+    c = Circuit.load(circuit)
+    from sparsecircuits.tasks import get_task
+    pair = get_task(c.provenance["task"]).pairs(1, "test")[0]
+    for prompt, want in ((pair.clean, pair.target), (pair.corrupt, pair.alt)):
+        code, out, err = run_cli(capsys, "trace", str(run), "--circuit", str(circuit),
+                                 "--prompt", prompt, "--json")
+        assert code == 0, err
+        t = json.loads(out)
+        assert t["answer"] == want
+        top3 = {n["id"] for n in t["nodes"][:3]}
+        assert top3 == {"blocks.0.mlp.in[0]", "blocks.0.mlp.neuron[0]", "blocks.0.mlp.out[1]"}
+        # every node of the path moves the answer the same way the model goes
+        sign = 1 if t["logit_diff"] > 0 else -1
+        assert all(sign * n["contribution"] > 0 for n in t["nodes"])
+    code, out, _ = run_cli(capsys, "trace", str(run), "--circuit", str(circuit), "--prompt",
+                           pair.clean)
+    assert "model's top next tokens" in out and "blocks.0.mlp.neuron[0]" in out
+    assert_one_line_error(*run_cli(capsys, "trace", str(run), "--circuit", str(circuit),
+                                   "--prompt", "")[::2], "--prompt is empty")
+
+
+def test_notebook_displays(planted_circuit):
+    _, _, circuit = planted_circuit
+    c = Circuit.load(circuit)
+    html = c._repr_html_()
+    assert "<table>" in html and "nodes at mlp.neuron" in html and "3 nodes, 2 edges" in html
+    from sparsecircuits.circuits import validate
+    run = c.provenance["run_dir"]
+    model, tok, corpus = open_run(run)
+    val = validate(c, model, tok, corpus=corpus, n=32, draws=4, controls=False, log=None)
+    vh = val._repr_html_()
+    assert "sufficiency (calibrated)" in vh and "PASS sufficiency" in vh
+
+
+# ----------------------------------------------------------------------------- browser
+
+def chrome():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.fail("the browser test needs Debian's chromium and chromium-driver "
+                    "(apt-get install chromium chromium-driver); the README's test command "
+                    "installs them")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+              "--disable-background-networking", "--window-size=1400,1000"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def test_viewer_in_a_real_browser(planted_circuit, tmp_path):
+    from selenium.webdriver.common.by import By
+    run, _, circuit = planted_circuit
+    model, tok, corpus = open_run(run)
+    c = Circuit.load(circuit)
+    data = gather(c, model, tok, corpus, log=None)
+    # corpus text is code: a token sequence that would be markup must stay text
+    node = data["nodes"][1]
+    node["contexts"].insert(0, dict(tokens=["x = '", ATTACK, "'"], acts=[0.0, 1.0, 0.0], at=1))
+    node["top_tokens"].insert(0, [ATTACK, 3])
+    data["prompts"][0]["tokens"][0] = ATTACK
+    data["meta"]["description"] += " " + ATTACK
+    page = tmp_path / "viewer.html"
+    page.write_text(render_html(data))
+    assert page.read_text().count("</script>") == 2  # only the page's own two blocks
+
+    driver = chrome()
+    try:
+        driver.get(page.as_uri())
+        svg_nodes = driver.find_elements(By.CSS_SELECTOR, "svg .node")
+        assert len(svg_nodes) == c.num_nodes == 3
+        summary = driver.find_element(By.ID, "summary").text
+        assert summary.startswith(f"{c.num_nodes} nodes, {c.num_edges} edges")
+        assert len(driver.find_elements(By.CSS_SELECTOR, "svg .edge")) == len(data["edges"])
+
+        svg_nodes[1].find_element(By.CSS_SELECTOR, "rect, circle").click()
+        title = driver.find_element(By.ID, "card-title").text
+        assert title == node["id"]
+        card = driver.find_element(By.ID, "card").text
+        assert ATTACK in card                       # shown as text ...
+        assert "Edges in" in card and "Edges out" in card
+        assert driver.execute_script("return window.__pwned === undefined")  # ... never run
+        assert not driver.find_elements(By.CSS_SELECTOR, "img")
+        assert ATTACK in driver.find_element(By.ID, "title").text
+        assert ATTACK in driver.find_element(By.ID, "prompt-tokens").text
+
+        # the prompt browser lights up the circuit nodes active on a token
+        tokens = driver.find_elements(By.CSS_SELECTOR, "#prompt-tokens .tok")
+        tokens[-1].click()
+        lit = driver.find_elements(By.CSS_SELECTOR, "svg .node.lit")
+        assert len(lit) >= 1
+        assert "circuit nodes active" in driver.find_element(By.ID, "prompt-info").text
+
+        requests = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
+        urls = [m["params"]["request"]["url"] for m in requests
+                if m["method"] == "Network.requestWillBeSent"]
+        assert urls and all(u == page.as_uri() for u in urls), urls
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+    finally:
+        driver.quit()
