@@ -146,6 +146,15 @@ def cmd_trace(a):
     print(json.dumps(t.to_dict(), indent=1) if a.json else t.format())
 
 
+def cmd_compare(a):
+    from .study import compare, format_summary
+    result = compare(a.sparse_run, a.dense_run, tasks=a.tasks, targets=a.targets, out=a.out,
+                     budget=a.budget, steps=a.steps)
+    print()
+    print(format_summary(result))
+    print(f"\nwrote {a.out}/compare.json, frontier.png and frontier.svg")
+
+
 def cmd_demo(a):
     from .demo import demo
     demo(a.out)
@@ -260,6 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the two answers compared (default: the circuit's task's)")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(fn=cmd_trace)
+
+    cp = sub.add_parser("compare", help="circuit sizes of a sparse and a dense model across "
+                        "target losses")
+    cp.add_argument("sparse_run", metavar="SPARSE_RUN")
+    cp.add_argument("dense_run", metavar="DENSE_RUN")
+    cp.add_argument("--tasks", nargs="+", metavar="TASK",
+                    help="tasks (default: every suite task both models bring below the "
+                         "loosest target)")
+    cp.add_argument("--targets", nargs="+", type=float, metavar="LOSS",
+                    default=[0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02])
+    cp.add_argument("--budget", type=int, default=1, help="pruning runs per task and model")
+    cp.add_argument("--steps", type=int, default=100, help="mask-training steps per run")
+    cp.add_argument("--out", required=True, metavar="DIR")
+    cp.set_defaults(fn=cmd_compare)
 
     d = sub.add_parser("demo", help="the main job: train a tiny sparse model and inspect it")
     d.add_argument("--out", default="sparsecircuits-demo", metavar="DIR")

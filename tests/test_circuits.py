@@ -12,6 +12,7 @@ import torch
 from sparsecircuits.circuits import (Circuit, NodeLayout, PretrainingStats, PruneConfig,
                                      bisect_smallest, derive_edges, find_circuit, heaviside,
                                      mask_hook, validate)
+from sparsecircuits.circuits.circuit import count_edges
 from sparsecircuits.circuits.pruning import TaskSplit, bisect_circuit
 from sparsecircuits.circuits.taskdata import TaskData, calibrate, logit_diffs, losses
 from sparsecircuits.circuits.validate import random_same_sizes, reinitialised
@@ -205,6 +206,7 @@ def test_edges_match_a_hand_built_model():
                      ("blocks.0.attn.q[0]", "blocks.0.attn.k[0]", "qk")]
     c = Circuit.from_nodes(m, HAND_NODES, "hand")
     assert (c.num_nodes, c.num_edges) == (8, 6)
+    assert count_edges(m, HAND_NODES) == 6
     assert c.counts()["edges_by_kind"]["attn.in->attn.k"] == 1
 
 

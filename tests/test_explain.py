@@ -77,6 +77,9 @@ def test_trace_names_the_nodes_that_decide_the_answer(planted_circuit, capsys):
     code, out, _ = run_cli(capsys, "trace", str(run), "--circuit", str(circuit), "--prompt",
                            pair.clean)
     assert "model's top next tokens" in out and "blocks.0.mlp.neuron[0]" in out
+    from sparsecircuits.explain import trace
+    t = trace(run, circuit, pair.clean, log=None)
+    assert "<table>" in t._repr_html_() and "blocks.0.mlp.out[1]" in t._repr_html_()
     assert_one_line_error(*run_cli(capsys, "trace", str(run), "--circuit", str(circuit),
                                    "--prompt", "")[::2], "--prompt is empty")
 

@@ -192,10 +192,14 @@ def train_masks(model, data: TaskData, values, cfg: PruneConfig, layout: NodeLay
 
 @torch.no_grad()
 def bisect_circuit(model, data: TaskData, values, scores: torch.Tensor, cfg: PruneConfig,
-                   layout: NodeLayout):
-    """Smallest top-k-by-score set reaching the target after calibration on `data`."""
+                   layout: NodeLayout, probes: dict | None = None):
+    """Smallest top-k-by-score set reaching the target after calibration on `data`.
+
+    `probes` caches (k -> losses) for one ranking: pass the same dict to bisect the same scores
+    for several targets, and every size already measured is reused.
+    """
     order = torch.argsort(-scores, stable=True)
-    probes: dict[int, tuple[float, float, float, float]] = {}
+    probes = {} if probes is None else probes
 
     def measure(k):
         if k not in probes:

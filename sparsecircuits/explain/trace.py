@@ -39,6 +39,18 @@ class Trace:
     def to_dict(self) -> dict:
         return {**asdict(self), "answer": self.answer}
 
+    def _repr_html_(self) -> str:
+        from ..doc import Doc
+        a, b = self.answers
+        doc = Doc().p(f"{self.prompt!r}: the model answers {self.answer!r} "
+                      f"(z[{a!r}] - z[{b!r}] = {self.logit_diff:+.3f}; circuit alone "
+                      f"{self.circuit_logit_diff:+.3f})")
+        return doc.table(["node", "fired", "activation (last token)", "contribution in model",
+                          "in circuit"],
+                         [[n["id"], "yes" if n["fired"] else "no", n["act_last"],
+                           n["contribution"], n["circuit_contribution"]]
+                          for n in self.nodes]).html_body()
+
     def format(self, limit: int = 25) -> str:
         a, b = self.answers
         lines = [

@@ -1,0 +1,190 @@
+"""Sparse vs dense: circuit size at a sweep of target losses, the paper's central comparison.
+
+For every task and model, each pruning run of the search trains its masks once; the ranking it
+gives is then bisected for every target loss (sharing every probe between targets), and at each
+target the smallest circuit (in edges) over the runs is kept. At each target, the geometric mean
+of edge counts is taken over the tasks that *both* models reach there, and the dense/sparse ratio
+of those means is the figure the paper reports (about 16x at 0.15).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_write, atomic_write_text, read_run_config, versions
+from ..circuits.ablation import PretrainingStats, model_hash
+from ..circuits.circuit import count_edges
+from ..circuits.nodes import NodeLayout
+from ..circuits.pruning import (PruneConfig, TaskSplit, bisect_circuit, resolve_values,
+                                train_masks)
+from ..circuits.search import frozen, open_run, search_trials
+from ..circuits.taskdata import logit_diffs, losses
+from ..errors import UserError
+from ..tasks import PAPER_TASKS, get_task
+
+DEFAULT_TARGETS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02)
+
+
+def task_frontier(model, tok, task, stats, targets, cfg: PruneConfig, budget: int = 1,
+                  log=print) -> dict:
+    """{target: {nodes, edges, loss} or None} for one model and task."""
+    split = TaskSplit(model, tok, task, cfg)
+    values = resolve_values(model, cfg, split, stats)
+    layout = NodeLayout(model)
+    best: dict[float, dict | None] = {t: None for t in targets}
+    with frozen(model):
+        full = float(losses(logit_diffs(model, split.heldout), split.heldout.sign).mean())
+        for trial in search_trials(cfg, budget):
+            scores = train_masks(model, split.train, values, trial, layout, log=None)
+            probes: dict = {}
+            for t in sorted(targets, reverse=True):
+                keep, k, (loss, raw, *_), _, reached = bisect_circuit(
+                    model, split.heldout, values, scores, replace(trial, target_loss=t), layout,
+                    probes)
+                if not reached:
+                    continue
+                edges = count_edges(model, layout.to_sets(keep))
+                if best[t] is None or edges < best[t]["edges"]:
+                    best[t] = dict(nodes=k, edges=edges, loss=round(loss, 4),
+                                   loss_uncalibrated=round(raw, 4), k_coef=trial.k_coef,
+                                   lr=trial.lr, seed=trial.seed)
+    return dict(full_loss=round(full, 4), targets={str(t): best[t] for t in targets})
+
+
+def geomean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    return math.exp(sum(math.log(max(x, 1)) for x in xs) / len(xs))
+
+
+def _model_info(run_dir, model) -> dict:
+    info = dict(run=str(Path(run_dir).resolve()), model_hash=model_hash(model))
+    state = Path(run_dir) / "trainer_state.json"
+    if state.is_file():
+        info["val_loss"] = json.loads(state.read_text()).get("val_loss")
+    cfg = read_run_config(run_dir)
+    info["weight_density"] = cfg.sparsity.weight_density
+    info["afrac"] = cfg.model.afrac
+    info["nonzero_params"] = sum(int((p != 0).sum()) for p in model.parameters())
+    return info
+
+
+def summarize(per_task: dict, targets) -> list[dict]:
+    rows = []
+    for t in targets:
+        key = str(t)
+        both = [name for name, r in per_task.items()
+                if r["sparse"]["targets"][key] and r["dense"]["targets"][key]]
+        gs = geomean(per_task[n]["sparse"]["targets"][key]["edges"] for n in both)
+        gd = geomean(per_task[n]["dense"]["targets"][key]["edges"] for n in both)
+        rows.append(dict(target=t, tasks=both, sparse_edges=_r(gs), dense_edges=_r(gd),
+                         ratio=_r(gd / gs) if gs and gd else None))
+    return rows
+
+
+def _r(x):
+    return None if x is None else round(float(x), 2)
+
+
+def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None, *,
+            budget: int = 1, steps: int = 100, n_check: int = 64, log=print) -> dict:
+    """Prune every task at every target in both models; write JSON and the frontier plot."""
+    targets = tuple(sorted({float(t) for t in targets}, reverse=True))
+    if not targets or any(not 0 < t < 1 for t in targets):
+        raise UserError(f"targets {targets} must be losses between 0 and 1 (e.g. 0.5 0.15 0.02).")
+    t0 = time.perf_counter()
+    models = {}
+    for name, run in (("sparse", sparse_run), ("dense", dense_run)):
+        model, tok, corpus = open_run(run)
+        models[name] = (model, tok, PretrainingStats.cached(model, corpus, log=log), run)
+    if models["sparse"][1].to_str() != models["dense"][1].to_str():
+        raise UserError("the two runs use different tokenizers, so the same task is a different "
+                        "question to each; compare runs trained on the same corpus.")
+    cfg = PruneConfig(steps=steps)
+    names = list(tasks) if tasks else list(PAPER_TASKS)
+    if names == ["all"]:
+        names = list(PAPER_TASKS)
+    per_task, skipped = {}, {}
+    for name in names:
+        task = get_task(name)
+        full = {}
+        for m, (model, tok, _, _) in models.items():
+            from ..tasks.metrics import task_metrics
+            with torch.no_grad():
+                full[m] = task_metrics(model, tok, task, n=n_check, split="train", seed=1).loss
+        if max(full.values()) > max(targets):
+            skipped[name] = {m: round(v, 3) for m, v in full.items()}
+            if log:
+                log(f"{name}: skipped (full-model loss sparse {full['sparse']:.3f}, dense "
+                    f"{full['dense']:.3f}; above every target)")
+            continue
+        per_task[name] = {}
+        for m, (model, tok, stats, _) in models.items():
+            if log:
+                log(f"{name}: pruning the {m} model at {len(targets)} targets ...")
+            per_task[name][m] = task_frontier(model, tok, task, stats, targets, cfg, budget)
+    rows = summarize(per_task, targets)
+    result = dict(
+        sparse=_model_info(sparse_run, models["sparse"][0]),
+        dense=_model_info(dense_run, models["dense"][0]),
+        targets=list(targets), budget=budget, steps=steps, tasks=per_task, skipped=skipped,
+        summary=rows, seconds=round(time.perf_counter() - t0, 1), versions=versions())
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "compare.json", json.dumps(result, indent=1))
+        plot_frontier(result, out / "frontier")
+    return result
+
+
+def format_summary(result: dict) -> str:
+    lines = [f"{'target':>7} {'tasks':>5} {'sparse edges':>13} {'dense edges':>12} {'dense/sparse':>13}"]
+    for r in result["summary"]:
+        def f(x, spec):
+            return format(x, spec) if x is not None else "-"
+        lines.append(f"{r['target']:>7g} {len(r['tasks']):>5} {f(r['sparse_edges'], '>13.1f')} "
+                     f"{f(r['dense_edges'], '>12.1f')} {f(r['ratio'], '>12.2f')}x")
+    lines.append("edges: geometric mean over the tasks both models reach at that target")
+    return "\n".join(lines)
+
+
+def plot_frontier(result: dict, stem: Path) -> list[Path]:
+    """Figure-2 style: task loss target vs circuit edges, geometric means and each task."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    colors = {"sparse": "#2262c6", "dense": "#e08a2c"}
+    for m in ("sparse", "dense"):
+        for r in result["tasks"].values():
+            pts = [(v["edges"], float(t)) for t, v in r[m]["targets"].items() if v]
+            if pts:
+                ax.plot(*zip(*sorted(pts)), color=colors[m], alpha=0.2, lw=1)
+        pts = [(r[f"{m}_edges"], r["target"]) for r in result["summary"] if r[f"{m}_edges"]]
+        if pts:
+            ax.plot(*zip(*sorted(pts)), "o-", color=colors[m], lw=2,
+                    label=f"{m} (val loss {result[m].get('val_loss') or float('nan'):.3f})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("circuit edges (geometric mean over tasks)")
+    ax.set_ylabel("task loss target")
+    ax.invert_yaxis()
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend()
+    ax.set_title("Circuit size vs task loss")
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "svg"):
+        path = stem.with_suffix("." + ext)
+        atomic_write(path, lambda tmp, ext=ext: fig.savefig(tmp, format=ext))
+        paths.append(path)
+    plt.close(fig)
+    return paths

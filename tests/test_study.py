@@ -1,0 +1,50 @@
+"""compare: per-target circuit sizes of two models, geometric means, ratio, plot files."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+from sparsecircuits.study.compare import geomean, summarize
+
+from .test_circuits_cli import planted_run  # noqa: F401  (a fixture)
+from .test_cli import assert_one_line_error, run_cli
+
+
+def test_summary_takes_geometric_means_over_tasks_both_models_reach():
+    def frontier(**edges):
+        return {"targets": {k: (None if v is None else {"edges": v}) for k, v in edges.items()}}
+
+    per_task = {
+        "a": {"sparse": frontier(**{"0.5": 4, "0.1": 16}),
+              "dense": frontier(**{"0.5": 64, "0.1": None})},
+        "b": {"sparse": frontier(**{"0.5": 16, "0.1": 8}),
+              "dense": frontier(**{"0.5": 256, "0.1": 80})},
+    }
+    rows = {r["target"]: r for r in summarize(per_task, (0.5, 0.1))}
+    assert rows[0.5]["tasks"] == ["a", "b"]
+    assert rows[0.5]["sparse_edges"] == 8.0 and rows[0.5]["dense_edges"] == 128.0
+    assert rows[0.5]["ratio"] == 16.0
+    assert rows[0.1]["tasks"] == ["b"] and rows[0.1]["ratio"] == 10.0
+    assert math.isclose(geomean([2, 8]), 4.0) and geomean([None]) is None
+
+
+def test_compare_through_the_cli(planted_run, capsys, tmp_path):  # noqa: F811
+    run, task = planted_run
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    out = tmp_path / "cmp"
+    code, stdout, err = run_cli(capsys, "compare", str(run), str(twin), "--tasks", str(task),
+                                "--targets", "0.3", "0.05", "--steps", "150", "--out", str(out))
+    assert code == 0, err
+    result = json.loads((out / "compare.json").read_text())
+    frontier = result["tasks"][str(task)]
+    for m in ("sparse", "dense"):
+        assert frontier[m]["targets"]["0.05"]["edges"] == 2   # the planted path
+    assert [r["ratio"] for r in result["summary"]] == [1.0, 1.0]
+    assert "dense/sparse" in stdout
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (out / "frontier.svg").read_text()
+    assert_one_line_error(*run_cli(capsys, "compare", str(run), str(twin), "--targets", "2",
+                                   "--out", str(out))[::2], "between 0 and 1")
