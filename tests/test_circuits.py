@@ -378,6 +378,7 @@ def test_validation_passes_the_planted_circuit_and_fails_a_random_one(planted_se
         assert not v2.convincing
         assert v2.sufficiency["loss"] > 0.5
         assert any(line.startswith("FAIL sufficiency") for line in v2.verdicts)
+        assert not any(line.startswith("TRIVIAL") for line in v.verdicts + v2.verdicts)
     finally:
         del SUITE["planted"]
 
@@ -404,3 +405,30 @@ def test_parallel_search_matches_the_sequential_one(planted_setup):
     assert par.provenance["search"]["trials"] == seq.provenance["search"]["trials"] or all(
         {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
         for a, b in zip(par.provenance["search"]["trials"], seq.provenance["search"]["trials"]))
+
+
+def test_a_task_the_last_token_gives_away_is_flagged_trivial(planted_setup):
+    """If the unembedding reads the last token's embedding directly, no node is needed: the
+    validation must say so rather than praise an empty circuit."""
+    import copy
+
+    from sparsecircuits.tasks import SUITE
+    model, corpus, task, _ = planted_setup
+    direct = copy.deepcopy(model)
+    ids = [corpus.tokenizer.encode(s, add_special_tokens=False).ids[0]
+           for s in (model.planted_words["target"], model.planted_words["alt"])]
+    with torch.no_grad():
+        direct.lm_head.weight[ids, 1] = 0
+        direct.lm_head.weight[ids[0], 0], direct.lm_head.weight[ids[1], 0] = 20.0, -20.0
+    stats = PretrainingStats.compute(direct, corpus.train, windows=16)
+    SUITE["planted"] = task
+    try:
+        empty = Circuit.from_nodes(direct, {}, "planted", target_loss=0.15,
+                                   provenance=dict(config=dict(train_pairs=64, heldout_pairs=32)))
+        v = validate(empty, direct, corpus.tokenizer, stats=stats, n=48, draws=4,
+                     controls=False, log=None)
+    finally:
+        del SUITE["planted"]
+    assert v.empty["loss_calibrated"] <= 0.15
+    assert not v.convincing
+    assert v.verdicts[0].startswith("TRIVIAL task")

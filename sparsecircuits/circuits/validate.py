@@ -86,7 +86,7 @@ class Validation:
             f"  {'necessity (circuit ablated)':<34} {n['loss']:>8.3f} {n['accuracy']:>6.2f}"
             "   should be far worse than the full model",
             f"  {'empty circuit (all ablated)':<34} {e['loss']:>8.3f} {e['accuracy']:>6.2f}"
-            "   the floor",
+            f"   the floor; {e['loss_calibrated']:.3f} calibrated",
             f"  {'random circuits, same sizes':<34} {r['median']:>8.3f} {'':>6}"
             f"   median of {r['draws']} (best {r['min']:.3f}); {r['beaten_by']} beat the circuit",
             f"  {'stochastic ablation':<34} {st['mean']:>8.3f} {'':>6}"
@@ -200,6 +200,9 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
         nec = _metrics(d_n, test.sign)
         d_e, _, _ = _keep_loss(model, test, values, torch.zeros_like(keep), fn)
         empty = _metrics(d_e, test.sign)
+        # the answer may be readable without any node: the last token's embedding reaches the
+        # unembedding directly, and the bigram table reads it too
+        empty["loss_calibrated"] = _loss(d_e, test.sign, *calibrate(d_e, test.sign))
         span = empty["loss"] - full["loss"]
         faith = (empty["loss"] - _loss(d_c, test.sign)) / span if span > 1e-9 else float("nan")
         compl = (empty["loss"] - nec["loss"]) / span if span > 1e-9 else float("nan")
@@ -274,6 +277,12 @@ def _r(x) -> float:
 
 def _verdicts(v: Validation, target: float) -> tuple[list[str], bool]:
     out, ok = [], True
+    if v.empty["loss_calibrated"] <= target:
+        ok = False
+        out.append(f"TRIVIAL task: with every node ablated, a calibrated readout already reaches "
+                   f"{v.empty['loss_calibrated']:.3f} <= {target}. The last token alone gives the "
+                   "answer away (its embedding reaches the unembedding directly, and the bigram "
+                   "table reads it; neither is a node), so a circuit for it shows nothing.")
     s = v.sufficiency["loss"]
     if s <= target:
         out.append(f"PASS sufficiency: the circuit alone reaches {s:.3f} <= {target} on test "

@@ -17,6 +17,8 @@ MEANINGS = {
     "necessity": "the full model with only the circuit ablated; far above the full model means the "
                  "model has no other route",
     "empty circuit": "every node ablated: the floor every other figure is judged against",
+    "empty circuit, calibrated": "the same with a fitted logit scale and shift; at most the target "
+                                 "means the last token alone gives the answer away (TRIVIAL)",
     "random circuits (median)": "circuits with the same number of nodes at every site, drawn at "
                                 "random and calibrated on the test pairs themselves",
     "stochastic ablation (mean)": "a random half of the non-circuit nodes resampled from random "
@@ -38,7 +40,7 @@ def caveats(circuit: Circuit, v: dict) -> list[str]:
                    f"{target}. The circuit ranks the answers right more than it sizes its logits "
                    "right.")
     for line in v.get("verdicts", []):
-        if line.startswith(("FAIL", "UNCONVINCING")):
+        if line.startswith(("FAIL", "UNCONVINCING", "TRIVIAL")):
             out.append(line)
     for name, c in v.get("controls", {}).items():
         if c.get("reached") and v["circuit"]["edges"] > 0:
@@ -112,6 +114,7 @@ def build_report(circuit: Circuit, validation: dict, data: dict, run_info: dict,
         ["sufficiency before calibration", s["loss_uncalibrated"], None],
         ["necessity", v["necessity"]["loss"], v["necessity"]["accuracy"]],
         ["empty circuit", v["empty"]["loss"], v["empty"]["accuracy"]],
+        ["empty circuit, calibrated", v["empty"].get("loss_calibrated"), None],
         ["random circuits (median)", v["random"]["median"], None],
         ["stochastic ablation (mean)", v["stochastic"]["mean"], None],
         ["faithfulness", v["faithfulness"], None],
