@@ -46,8 +46,7 @@ def run_info(run_dir, model) -> dict:
                             f"context {m.block_size}",
             "sparsity": f"weight density {s.weight_density:g} (embeddings, biases "
                         f"{s.other_density:g}), activation keep fraction {m.afrac:g}",
-            "nonzero parameters": f"{sum(int((p != 0).sum()) for p in model.parameters()):,} of "
-                                  f"{model.num_params():,}"}
+            "nonzero parameters": _nonzero(model)}
     state = Path(run_dir) / "trainer_state.json"
     if state.is_file():
         st = json.loads(state.read_text())
@@ -55,6 +54,17 @@ def run_info(run_dir, model) -> dict:
         if st.get("val_loss") is not None:
             info["val loss (pretraining)"] = f"{st['val_loss']:.3f}"
     return info
+
+
+def _nonzero(model) -> str:
+    params = dict(model.named_parameters())
+    big = params.pop("bigram", None)
+    nz = sum(int((p != 0).sum()) for p in params.values())
+    total = sum(p.numel() for p in params.values())
+    text = f"{nz:,} of {total:,}"
+    if big is not None:
+        text += f", plus the dense bigram table ({big.numel():,})"
+    return text
 
 
 def report(circuit_file, out, run=None, validation=None, controls=True, log=print) -> Path:
