@@ -251,3 +251,27 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def corpus_for_run(corpus: str | Path | None, tokenizer_file: str | Path, log=print) -> Corpus:
+    """The corpus to read a run's model with: the given one (its tokenizer must be the run's),
+    or the default source tokenized with the run's own tokenizer.
+
+    A model shipped from another machine was trained on *that* machine's standard library; if
+    this machine's default corpus has a different tokenizer, the same source is re-tokenized
+    with the model's tokenizer (once, cached), so token ids always mean what the model learnt.
+    """
+    tokenizer_file = Path(tokenizer_file)
+    if corpus is not None:
+        c = Corpus(corpus)
+        c.check_tokenizer(tokenizer_file)
+        return c
+    default = open_corpus(None, log=log)
+    sha = _sha256_file(tokenizer_file)
+    if sha == _sha256_file(default.tokenizer_path):
+        return default
+    d = default.path.parent / f"{default.path.name}-tok{sha[:12]}"
+    if not (d / "manifest.json").is_file():
+        log(f"tokenizing the default corpus with the run's tokenizer into {d} ...")
+        build_corpus(d, tokenizer=tokenizer_file, force=True, log=log)
+    return Corpus(d)

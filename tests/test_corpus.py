@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,24 @@ def test_reserved_task_answers_become_single_tokens(corpus_dir):
     assert tok.encode("x = [[1], [2]]\n").tokens[-1] == "]]\u010a"
     with pytest.raises(UserError, match="split by the pre-tokenizer"):
         train_tokenizer(["x = 1\n"], vocab_size=300, reserve=["a b"])
+
+
+def test_a_run_with_another_tokenizer_reads_the_default_source_with_its_own(corpus_dir, tmp_path):
+    """A shipped model trained on another machine's standard library: its tokenizer differs
+    from this machine's default corpus, so the source is re-tokenized with the model's."""
+    import time
+
+    from sparsecircuits.corpus import _sha256_file, corpus_for_run, open_corpus
+    tok_file = Path(corpus_dir) / "tokenizer.json"  # a 512-token BPE, not the default one
+    default = open_corpus(None, log=lambda *a: None)
+    c = corpus_for_run(None, tok_file, log=lambda *a: None)
+    assert c.path != default.path
+    assert _sha256_file(c.tokenizer_path) == _sha256_file(tok_file)
+    assert len(c.train) > 1_000_000 and int(c.train.max()) < 512
+    t = time.perf_counter()
+    assert corpus_for_run(None, tok_file, log=lambda *a: None).path == c.path  # cached
+    assert time.perf_counter() - t < 5
+    assert corpus_for_run(None, default.tokenizer_path).path == default.path
+    with pytest.raises(UserError, match="differs from the tokenizer"):
+        corpus_for_run(default.path, tok_file)
+    assert isinstance(c, Corpus)

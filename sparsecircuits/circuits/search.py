@@ -150,9 +150,9 @@ def task_reference(name: str) -> str:
 def open_run(run_dir: str | Path):
     """(model, tokenizer, corpus) of a run folder; the corpus is the one it was trained on."""
     from ..checkpoint import load, read_run_config
-    from ..corpus import open_corpus
+    from ..corpus import corpus_for_run
     model, tok = load(run_dir)
-    corpus = open_corpus(read_run_config(run_dir).data.corpus)
+    corpus = corpus_for_run(read_run_config(run_dir).data.corpus, Path(run_dir) / "tokenizer.json")
     return model, tok, corpus
 
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import atomic_write, atomic_write_text, read_run_config, versions
 from ..circuits.ablation import PretrainingStats, model_hash
-from ..circuits.circuit import count_edges
+from ..circuits.circuit import Circuit, count_edges
 from ..circuits.nodes import NodeLayout
 from ..circuits.pruning import (PruneConfig, TaskSplit, bisect_circuit, resolve_values,
                                 train_masks)
@@ -32,19 +32,21 @@ DEFAULT_TARGETS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02)
 
 
 def task_frontier(model, tok, task, stats, targets, cfg: PruneConfig, budget: int = 1,
-                  log=print) -> dict:
-    """{target: {nodes, edges, loss} or None} for one model and task."""
+                  log=print, circuits_at=(), provenance: dict | None = None):
+    """{full_loss, targets: {target: {nodes, edges, loss, ...} or None}} for one model and task,
+    and the `Circuit` objects at the targets in `circuits_at` (the smallest found there)."""
     split = TaskSplit(model, tok, task, cfg)
     values = resolve_values(model, cfg, split, stats)
     layout = NodeLayout(model)
     best: dict[float, dict | None] = {t: None for t in targets}
+    keeps: dict[float, tuple] = {}
     with frozen(model):
         full = float(losses(logit_diffs(model, split.heldout), split.heldout.sign).mean())
         for trial in search_trials(cfg, budget):
             scores = train_masks(model, split.train, values, trial, layout, log=None)
             probes: dict = {}
             for t in sorted(targets, reverse=True):
-                keep, k, (loss, raw, *_), _, reached = bisect_circuit(
+                keep, k, (loss, raw, scale, shift), _, reached = bisect_circuit(
                     model, split.heldout, values, scores, replace(trial, target_loss=t), layout,
                     probes)
                 if not reached:
@@ -54,7 +56,22 @@ def task_frontier(model, tok, task, stats, targets, cfg: PruneConfig, budget: in
                     best[t] = dict(nodes=k, edges=edges, loss=round(loss, 4),
                                    loss_uncalibrated=round(raw, 4), k_coef=trial.k_coef,
                                    lr=trial.lr, seed=trial.seed)
-    return dict(full_loss=round(full, 4), targets={str(t): best[t] for t in targets})
+                    keeps[t] = (keep, loss, raw, scale, shift, trial)
+    circuits = {}
+    for t in circuits_at:
+        if t in keeps:
+            keep, loss, raw, scale, shift, trial = keeps[t]
+            prov = dict(model_hash=model_hash(model), task=task.name, split="train",
+                        config=asdict(replace(trial, target_loss=t)),
+                        hyperparameters=trial.hyperparameters(), versions=versions())
+            prov.update(provenance or {})  # the caller's task reference (a file path) wins
+            circuits[t] = Circuit.from_keep(model, keep, task.name, loss=loss,
+                                            loss_uncalibrated=raw,
+                                            calibration={"scale": scale, "shift": shift},
+                                            target_loss=t, ablation=cfg.ablation,
+                                            freeze_norm=cfg.freeze_norm, provenance=prov)
+    result = dict(full_loss=round(full, 4), targets={str(t): best[t] for t in targets})
+    return (result, circuits) if circuits_at else result
 
 
 def geomean(xs) -> float | None:
