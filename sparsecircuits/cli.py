@@ -155,6 +155,11 @@ def cmd_compare(a):
     print(f"\nwrote {a.out}/compare.json, frontier.png and frontier.svg")
 
 
+def cmd_export(a):
+    from .release import export_run
+    export_run(a.run_dir, a.out, dtype=a.dtype)
+
+
 def cmd_demo(a):
     from .demo import demo
     demo(a.out)
@@ -283,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--steps", type=int, default=100, help="mask-training steps per run")
     cp.add_argument("--out", required=True, metavar="DIR")
     cp.set_defaults(fn=cmd_compare)
+
+    ex = sub.add_parser("export", help="a compact copy of a run: half-precision weights, no "
+                        "optimizer state")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("--out", required=True, metavar="DIR")
+    ex.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    ex.set_defaults(fn=cmd_export)
 
     d = sub.add_parser("demo", help="the main job: train a tiny sparse model and inspect it")
     d.add_argument("--out", default="sparsecircuits-demo", metavar="DIR")

@@ -13,7 +13,7 @@ import torch
 
 from .checkpoint import load, read_run_config
 from .config import SITE_KINDS
-from .corpus import open_corpus
+from .corpus import corpus_for_run
 from .tasks import TARGET_LOSS, TaskResult, get_tasks, task_metrics
 from .train import val_loss, val_windows
 
@@ -146,8 +146,8 @@ def evaluate(run_dir: str | Path, *, batches: int | None = None,
     """Evaluate a run folder on the val split of its corpus (or of `corpus`)."""
     cfg = read_run_config(run_dir)
     model, _ = load(run_dir)
-    corpus = open_corpus(corpus or cfg.data.corpus, log=lambda *a: None)
-    corpus.check_tokenizer(Path(run_dir) / "tokenizer.json")
+    corpus = corpus_for_run(corpus or cfg.data.corpus, Path(run_dir) / "tokenizer.json",
+                            log=lambda *a: None)
     n = (batches or cfg.train.eval_batches) * cfg.train.batch_size
     windows = val_windows(corpus.val, n, cfg.model.block_size)
     stats = tensor_stats(model)

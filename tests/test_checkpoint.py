@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 import sparsecircuits
@@ -58,3 +60,25 @@ def test_config_that_does_not_match_the_weights(run, tmp_path):
 
 def test_no_temp_files_left_behind(run):
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_export_writes_a_half_precision_run_that_loads(corpus_dir, tmp_path):
+    import torch
+
+    from sparsecircuits.checkpoint import load
+    from sparsecircuits.release import export_run
+    run = tmp_path / "run"
+    train(tiny_config(corpus_dir, train=dict(max_steps=6)), run, log=quiet)
+    out = export_run(run, tmp_path / "release", log=quiet)
+    assert not (out / "optimizer.safetensors").exists()
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (run / "model.safetensors").stat().st_size
+    full, _ = load(run)
+    half, _ = load(out)
+    for (n, a), (_, b) in zip(full.state_dict().items(), half.state_dict().items()):
+        assert b.dtype == torch.float32                       # upcast on load
+        assert torch.equal(a != 0, b != 0), n                 # the sparsity pattern survives
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6), n
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["dtype"] == "float16" and abs(state["val_loss"] - state["val_loss_float32"]) < 0.01
+    with pytest.raises(UserError, match="not empty"):
+        export_run(run, out, log=quiet)

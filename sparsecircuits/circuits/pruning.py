@@ -115,7 +115,7 @@ class PruneRun:
     full_loss: float             # held-out loss of the full model
     probes: list[tuple[int, float]]  # (k, calibrated loss) at every bisection probe
     seconds: float
-    reached: bool                # False: even the full model misses the target
+    reached: bool                # False: no probed size reaches the target
 
 
 class TaskSplit:

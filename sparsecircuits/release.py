@@ -1,0 +1,70 @@
+"""Export a trained run as a compact release: half-precision weights, no optimizer state.
+
+The exported folder is an ordinary run folder (`load`, `eval`, `prune` read it); its weights
+are stored in float16 or bfloat16 and upcast on load, so the released model *is* the rounded
+one. Its `trainer_state.json` records the val loss of those rounded weights (and the full-
+precision one beside it). Rounding must not change the sparsity pattern: a nonzero weight under
+the weight budget too small for the chosen format is an error, not a silent zero.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .checkpoint import MODEL_FILE, STATE_FILE, load, read_trainer_state, versions
+from .errors import UserError
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log=print) -> Path:
+    from .evaluate import evaluate
+    run_dir, out = Path(run_dir), Path(out)
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; use float16 or bfloat16.")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already exists and is not empty; choose another --out.")
+    model, _ = load(run_dir)
+    state = read_trainer_state(run_dir)
+    patterned = {st.name for st in model.sparse_tensors()}
+    tensors = {}
+    for name, t in model.state_dict().items():
+        half = t.to(DTYPES[dtype])
+        lost = int(((t != 0) & (half == 0)).sum())
+        if lost and name in patterned:  # elsewhere (the dense bigram table) it is only rounding
+            raise UserError(f"{name} has {lost} nonzero weights too small for {dtype}; export "
+                            "with --dtype bfloat16, which keeps float32's range.")
+        tensors[name] = half.contiguous()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for f in ("config.json", "tokenizer.json", "metrics.jsonl"):
+            if (run_dir / f).is_file():
+                shutil.copy(run_dir / f, tmp / f)
+        meta = dict(format="sparsecircuits", step=str(state["step"]), dtype=dtype,
+                    exported_from=str(run_dir.resolve()), versions=json.dumps(versions()))
+        save_file(tensors, str(tmp / MODEL_FILE), metadata=meta)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        val = evaluate(tmp).val_loss
+        state = dict(state, val_loss=val, val_loss_float32=state.get("val_loss"), dtype=dtype)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        from .checkpoint import _umask
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a release is for others to read
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~_umask())
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"exported {run_dir} to {out} in {dtype}: val loss {val:.4f} "
+        f"(float32: {state['val_loss_float32']:.4f})")
+    return out
