@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import MODEL_FILE, STATE_FILE, load, read_trainer_state, versions
+from .checkpoint import (MODEL_FILE, STATE_FILE, load, read_run_config, read_trainer_state,
+                         versions)
 from .errors import UserError
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -33,7 +34,8 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
         raise UserError(f"{out} already exists and is not empty; choose another --out.")
     model, _ = load(run_dir)
     state = read_trainer_state(run_dir)
-    patterned = {st.name for st in model.sparse_tensors()}
+    dense = read_run_config(run_dir).sparsity.is_dense  # no pattern to keep
+    patterned = set() if dense else {st.name for st in model.sparse_tensors()}
     tensors = {}
     for name, t in model.state_dict().items():
         half = t.to(DTYPES[dtype])

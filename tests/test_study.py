@@ -28,6 +28,11 @@ def test_summary_takes_geometric_means_over_tasks_both_models_reach():
     assert rows[0.5]["ratio"] == 16.0
     assert rows[0.1]["tasks"] == ["b"] and rows[0.1]["ratio"] == 10.0
     assert math.isclose(geomean([2, 8]), 4.0) and geomean([None]) is None
+    per_task["c"] = {"sparse": frontier(**{"0.5": 0, "0.1": None}),
+                     "dense": frontier(**{"0.5": 500, "0.1": None})}
+    row = summarize(per_task, (0.5,))[0]
+    assert row["tasks"] == ["a", "b"] and row["zero_edge_tasks"] == ["c"]
+    assert row["ratio"] == 16.0  # a task with an edgeless circuit cannot enter a geometric mean
 
 
 def test_compare_through_the_cli(planted_run, capsys, tmp_path):  # noqa: F811
@@ -48,3 +53,25 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path):  # noqa: F811
     assert "<svg" in (out / "frontier.svg").read_text()
     assert_one_line_error(*run_cli(capsys, "compare", str(run), str(twin), "--targets", "2",
                                    "--out", str(out))[::2], "between 0 and 1")
+
+
+def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811
+    from sparsecircuits.demo import demo
+    run, task = planted_run
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    lines = []
+    out = demo(tmp_path / "demo", runs=(run, twin), tasks=[str(task)], log=lines.append)
+    folder = out / "planted"
+    for f in ("sparse.json", "dense.json", "validation-sparse.json", "viewer.html", "report.md",
+              "report.html"):
+        assert (folder / f).is_file(), f
+    for f in ("index.html", "summary.md", "frontier.png", "frontier.svg", "compare.json",
+              "tasks.txt"):
+        assert (out / f).is_file(), f
+    summary = (out / "summary.md").read_text()
+    assert "| 2 |" in summary or "2.0" in summary  # the planted circuit has 2 edges
+    assert any(line.startswith("[1/") for line in lines)  # progress lines
+    assert any("open" in line and "index.html" in line for line in lines)
+    result = json.loads((out / "compare.json").read_text())
+    assert result["summary"][-2]["ratio"] == 1.0  # target 0.15: the same model twice

@@ -21,7 +21,6 @@ from collections import Counter
 import numpy as np
 import torch
 
-from ..circuits.ablation import mask_hook
 from ..circuits.circuit import Circuit
 from ..circuits.nodes import NodeLayout
 from ..circuits.taskdata import TaskData, logit_diffs, losses
@@ -180,9 +179,3 @@ def prompt_activations(circuit: Circuit, model, tok, data: TaskData, pairs: int 
                         right=tok.decode([int(right)]), wrong=tok.decode([int(wrong)]),
                         active=active))
     return out
-
-
-def mask_for(circuit: Circuit, model, values):
-    """The hook that applies `circuit` (for callers that want the hook itself)."""
-    layout = NodeLayout(model)
-    return mask_hook(layout.split(circuit.keep_vector(model).float()), values)

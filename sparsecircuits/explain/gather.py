@@ -27,7 +27,7 @@ def circuit_values(circuit: Circuit, model, tok, stats: PretrainingStats):
 
 
 def gather(circuit: Circuit, model, tok, corpus, *, pairs: int = 32, browse: int = 6,
-           log=print) -> dict:
+           ablate_max: int = 300, log=print) -> dict:
     """Cards for every node, the edges, and prompts for the browser: the viewer's data."""
     circuit.check_model(model)
     stats = PretrainingStats.cached(model, corpus, log=log)
@@ -39,7 +39,8 @@ def gather(circuit: Circuit, model, tok, corpus, *, pairs: int = 32, browse: int
     values = circuit_values(circuit, model, tok, stats)
     if log:
         log(f"measuring {circuit.num_nodes} node cards ...")
-    cards = node_cards(circuit, model, tok, val_tokens=corpus.val, test=test, values=values)
+    cards = node_cards(circuit, model, tok, val_tokens=corpus.val, test=test, values=values,
+                       ablate_max=ablate_max)
     index = {c["id"]: i for i, c in enumerate(cards)}
     edges = [[index[str(e.src)], index[str(e.dst)], round(e.weight, 5), e.kind]
              for e in circuit.edges if str(e.src) in index and str(e.dst) in index]

@@ -78,7 +78,7 @@ def geomean(xs) -> float | None:
     xs = [x for x in xs if x is not None]
     if not xs:
         return None
-    return math.exp(sum(math.log(max(x, 1)) for x in xs) / len(xs))
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
 def _model_info(run_dir, model) -> dict:
@@ -94,14 +94,20 @@ def _model_info(run_dir, model) -> dict:
 
 
 def summarize(per_task: dict, targets) -> list[dict]:
+    """Per target: the tasks both models reach, and over those whose circuits both have edges,
+    the geometric-mean edge counts and their dense/sparse ratio. A task one model does with no
+    edge at all (its last token gives the answer away) has no logarithm: it is listed apart."""
     rows = []
     for t in targets:
         key = str(t)
         both = [name for name, r in per_task.items()
                 if r["sparse"]["targets"][key] and r["dense"]["targets"][key]]
-        gs = geomean(per_task[n]["sparse"]["targets"][key]["edges"] for n in both)
-        gd = geomean(per_task[n]["dense"]["targets"][key]["edges"] for n in both)
-        rows.append(dict(target=t, tasks=both, sparse_edges=_r(gs), dense_edges=_r(gd),
+        counted = [n for n in both if min(per_task[n][m]["targets"][key]["edges"]
+                                          for m in ("sparse", "dense")) > 0]
+        gs = geomean(per_task[n]["sparse"]["targets"][key]["edges"] for n in counted)
+        gd = geomean(per_task[n]["dense"]["targets"][key]["edges"] for n in counted)
+        rows.append(dict(target=t, tasks=counted, zero_edge_tasks=sorted(set(both) - set(counted)),
+                         sparse_edges=_r(gs), dense_edges=_r(gd),
                          ratio=_r(gd / gs) if gs and gd else None))
     return rows
 
@@ -169,6 +175,10 @@ def format_summary(result: dict) -> str:
         lines.append(f"{r['target']:>7g} {len(r['tasks']):>5} {f(r['sparse_edges'], '>13.1f')} "
                      f"{f(r['dense_edges'], '>12.1f')} {f(r['ratio'], '>12.2f')}x")
     lines.append("edges: geometric mean over the tasks both models reach at that target")
+    for r in result["summary"]:
+        if r.get("zero_edge_tasks"):
+            lines.append(f"left out at {r['target']:g} (a circuit with no edge: the last token "
+                         f"gives the answer away): {', '.join(r['zero_edge_tasks'])}")
     return "\n".join(lines)
 
 
