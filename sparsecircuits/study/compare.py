@@ -191,16 +191,19 @@ def plot_frontier(result: dict, stem: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
     colors = {"sparse": "#2262c6", "dense": "#e08a2c"}
     for m in ("sparse", "dense"):
-        for r in result["tasks"].values():
-            pts = [(v["edges"], float(t)) for t, v in r[m]["targets"].items() if v]
+        for r in result["tasks"].values():  # each task, faint; an edgeless circuit has no log
+            pts = sorted((float(t), v["edges"]) for t, v in r[m]["targets"].items()
+                         if v and v["edges"] > 0)
             if pts:
-                ax.plot(*zip(*sorted(pts)), color=colors[m], alpha=0.2, lw=1)
-        pts = [(r[f"{m}_edges"], r["target"]) for r in result["summary"] if r[f"{m}_edges"]]
+                ax.plot([e for _, e in pts], [t for t, _ in pts], color=colors[m], alpha=0.2, lw=1)
+        pts = sorted((r["target"], r[f"{m}_edges"]) for r in result["summary"] if r[f"{m}_edges"])
         if pts:
-            ax.plot(*zip(*sorted(pts)), "o-", color=colors[m], lw=2,
+            ax.plot([e for _, e in pts], [t for t, _ in pts], "o-", color=colors[m], lw=2,
                     label=f"{m} (val loss {result[m].get('val_loss') or float('nan'):.3f})")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_yticks(result["targets"], [f"{t:g}" for t in result["targets"]])
+    ax.minorticks_off()
     ax.set_xlabel("circuit edges (geometric mean over tasks)")
     ax.set_ylabel("task loss target")
     ax.invert_yaxis()
