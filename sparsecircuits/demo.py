@@ -39,12 +39,13 @@ def shipped_runs() -> tuple[Path, Path]:
 class Progress:
     """One line per step, with the elapsed time: the demo takes minutes, never silently."""
 
-    def __init__(self, total: int, log):
-        self.total, self.i, self.log, self.t0 = total, 0, log, time.perf_counter()
+    def __init__(self, log):
+        self.total, self.i, self.log, self.t0 = None, 0, log, time.perf_counter()
 
     def step(self, what: str):
         self.i += 1
-        self.log(f"[{self.i}/{self.total} {time.perf_counter() - self.t0:5.0f}s] {what}")
+        total = self.total or "?"  # known once the task table says which tasks are in
+        self.log(f"[{self.i}/{total} {time.perf_counter() - self.t0:5.0f}s] {what}")
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -76,8 +77,8 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     by_name = {name: get_task(ref) for name, ref in refs.items()}
     names = list(by_name)
     # steps: the task table, then per task 2 prunings + 2 validations + 1 viewer/report, then
-    # the summary; the task count is known only after the table, so count pessimistically
-    progress = Progress(1 + 5 * len(names) + 1, log)
+    # the summary
+    progress = Progress(log)
     progress.step(f"measuring both models on {len(names)} tasks")
     table, both = [], []
     for n in names:
