@@ -36,14 +36,17 @@ def model_hash(model) -> str:
 
 
 @torch.no_grad()
-def site_activations(model, idx: torch.Tensor, batch: int = 16) -> dict[str, torch.Tensor]:
-    """Activations of every site on token windows `idx` (N, T), flattened to (N*T, dim)."""
+def site_activations(model, idx: torch.Tensor, names=None, flatten: bool = True,
+                     batch: int = 16) -> dict[str, torch.Tensor]:
+    """Full-model activations at `names` (default: every site) on token windows `idx` (N, T):
+    (N*T, dim) per site, or (N, T, dim) with flatten=False."""
     out: dict[str, list[torch.Tensor]] = {}
     device = next(model.parameters()).device
     for i in range(0, len(idx), batch):
-        _, cache = model.run_with_cache(idx[i:i + batch].to(device))
+        _, cache = model.run_with_cache(idx[i:i + batch].to(device), names=names)
         for name, x in cache.items():
-            out.setdefault(name, []).append(x.float().reshape(-1, x.shape[-1]).cpu())
+            x = x.float().cpu()
+            out.setdefault(name, []).append(x.reshape(-1, x.shape[-1]) if flatten else x)
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -60,8 +63,8 @@ class PretrainingStats:
         if len(data) < block + 1:
             raise UserError(f"the corpus has only {len(data)} training tokens, fewer than one "
                             f"context of {block}; build a larger corpus.")
-        starts = np.linspace(0, len(data) - block - 1, windows).astype(np.int64)
-        idx = torch.from_numpy(np.stack([data[s:s + block] for s in starts]).astype(np.int64))
+        from ..train import val_windows
+        idx = val_windows(data, windows, block)[:, :-1]  # evenly spaced contexts of `block`
         acts = site_activations(model, idx)
         g = torch.Generator().manual_seed(seed)
         n_tok = next(iter(acts.values())).shape[0]

@@ -106,10 +106,9 @@ class Validation:
         return "\n".join(rows)
 
 
-def _keep_loss(model, data, values, keep, freeze_norm, scale=1.0, shift=0.0):
-    layout = NodeLayout(model)
-    d = logit_diffs(model, data, layout.split(keep.float()), values, freeze_norm)
-    return d, float(losses(d, data.sign, scale, shift).mean()), accuracy(d, data.sign, scale, shift)
+def _kept_diffs(model, data, values, keep, freeze_norm):
+    """Logit differences with the nodes outside `keep` ablated."""
+    return logit_diffs(model, data, NodeLayout(model).split(keep.float()), values, freeze_norm)
 
 
 def random_same_sizes(layout: NodeLayout, keep: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -192,13 +191,13 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
             log("measuring sufficiency, necessity and faithfulness ...")
         d_full = logit_diffs(model, test)
         full = _metrics(d_full, test.sign)
-        d_c, _, _ = _keep_loss(model, test, values, keep, fn)
+        d_c = _kept_diffs(model, test, values, keep, fn)
         suff = dict(loss=_loss(d_c, test.sign, cal["scale"], cal["shift"]),
                     loss_uncalibrated=_loss(d_c, test.sign),
                     accuracy=accuracy(d_c, test.sign, cal["scale"], cal["shift"]))
-        d_n, _, _ = _keep_loss(model, test, values, ~keep, fn)
+        d_n = _kept_diffs(model, test, values, ~keep, fn)
         nec = _metrics(d_n, test.sign)
-        d_e, _, _ = _keep_loss(model, test, values, torch.zeros_like(keep), fn)
+        d_e = _kept_diffs(model, test, values, torch.zeros_like(keep), fn)
         empty = _metrics(d_e, test.sign)
         # the answer may be readable without any node: the last token's embedding reaches the
         # unembedding directly, and the bigram table reads it too
@@ -211,7 +210,7 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
             log(f"scoring {draws} random circuits of the same sizes ...")
         rand = []
         for _ in range(draws):
-            d_r, _, _ = _keep_loss(model, test, values, random_same_sizes(layout, keep, g), fn)
+            d_r = _kept_diffs(model, test, values, random_same_sizes(layout, keep, g), fn)
             rand.append(_loss(d_r, test.sign, *calibrate(d_r, test.sign)))
         rand_t = torch.tensor(rand)
 

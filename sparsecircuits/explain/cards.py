@@ -21,27 +21,13 @@ from collections import Counter
 import numpy as np
 import torch
 
+from ..circuits.ablation import site_activations
 from ..circuits.circuit import Circuit
 from ..circuits.nodes import NodeLayout
 from ..circuits.taskdata import TaskData, logit_diffs, losses
+from ..train import val_windows
 
 ACTIVE = 0.1   # a node is "active" on a token at >= this fraction of its largest |activation|
-
-
-def val_windows(data: np.ndarray, n: int, block: int) -> torch.Tensor:
-    starts = np.linspace(0, max(0, len(data) - block - 1), n).astype(np.int64)
-    return torch.from_numpy(np.stack([data[s:s + block] for s in starts]).astype(np.int64))
-
-
-@torch.no_grad()
-def site_values(model, idx: torch.Tensor, sites: list[str], batch: int = 16) -> dict[str, torch.Tensor]:
-    """Activations (N, T, dim) of the full model at `sites` on token windows `idx`."""
-    out: dict[str, list] = {s: [] for s in sites}
-    for i in range(0, len(idx), batch):
-        _, cache = model.run_with_cache(idx[i:i + batch], names=sites)
-        for s in sites:
-            out[s].append(cache[s].float())
-    return {s: torch.cat(v) for s, v in out.items()}
 
 
 def token_text(tok, ids) -> list[str]:
@@ -56,8 +42,8 @@ def node_cards(circuit: Circuit, model, tok, *, val_tokens: np.ndarray, test: Ta
     if not nodes:
         return []
     sites = sorted({n.site for n in nodes}, key=model.site_names().index)
-    idx = val_windows(val_tokens, windows, model.cfg.block_size)
-    acts = site_values(model, idx, sites)
+    idx = val_windows(val_tokens, windows, model.cfg.block_size)[:, :-1]
+    acts = site_activations(model, idx, names=sites, flatten=False)
     flat_ids = idx.reshape(-1)
     T = idx.shape[1]
 
@@ -161,7 +147,7 @@ def prompt_activations(circuit: Circuit, model, tok, data: TaskData, pairs: int 
     sites = sorted({n.site for n in nodes}, key=model.site_names().index)
     rows = torch.arange(min(len(data), 2 * pairs))
     part = data.rows(rows)
-    acts = site_values(model, part.idx, sites) if sites else {}
+    acts = site_activations(model, part.idx, names=sites, flatten=False) if sites else {}
     out = []
     peaks = {str(n): float(acts[n.site][..., n.index].abs().max()) for n in nodes}
     for r in range(len(part)):
