@@ -58,6 +58,19 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def output_dir(path: str | Path) -> Path:
+    """Create an output folder (and its parents), or say in one line why it cannot be one."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{path} is (or lies under) a file, not a folder; choose another "
+                        "--out.") from None
+    except PermissionError:
+        raise UserError(f"no permission to write {path}; choose another --out.") from None
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, output_dir
 from .doc import Doc
 from .errors import UserError
 
@@ -63,8 +63,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     from .study.compare import _model_info, plot_frontier, summarize, task_frontier
     from .tasks import PAPER_TASKS, get_task
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     sparse_run, dense_run = runs or shipped_runs()
     log(f"sparsecircuits demo: circuits in a weight-sparse and a dense model, written to {out}")
     models = {}

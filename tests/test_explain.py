@@ -56,6 +56,8 @@ def test_report_writes_every_figure_and_the_viewer(planted_circuit, capsys, tmp_
     assert_one_line_error(*run_cli(capsys, "report", str(circuit), "--out", str(tmp_path / "r3"),
                                    "--validation", str(tmp_path / "junk.json"))[::2],
                           "not a validation file")
+    assert_one_line_error(*run_cli(capsys, "view", str(circuit), "--out",
+                                   str(tmp_path / "junk.json" / "v.html"))[::2], "not a folder")
 
 
 def test_trace_names_the_nodes_that_decide_the_answer(planted_circuit, capsys):

@@ -241,8 +241,9 @@ class Circuit:
 
     def save(self, path: str | Path) -> Path:
         from ..checkpoint import atomic_write_text
+        from ..checkpoint import output_dir
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        output_dir(path.parent)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
         return path
 

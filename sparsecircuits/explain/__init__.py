@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_write_text, output_dir
 from ..circuits import Circuit, open_run, validate
 from ..circuits.ablation import PretrainingStats
 from ..errors import UserError
@@ -32,6 +32,7 @@ def _open(circuit_file, run=None):
 
 def view(circuit_file, out, run=None, log=print) -> Path:
     """Write the interactive viewer of a circuit file to `out` (an .html file)."""
+    output_dir(Path(out).parent)  # before the minutes of measuring, not after
     circuit, model, tok, corpus = _open(circuit_file, run)
     return write_viewer(gather(circuit, model, tok, corpus, log=log), out)
 
@@ -70,8 +71,7 @@ def _nonzero(model) -> str:
 def report(circuit_file, out, run=None, validation=None, controls=True, log=print) -> Path:
     """Write DIR/report.md, DIR/report.html, DIR/viewer.html and DIR/validation.json."""
     circuit, model, tok, corpus = _open(circuit_file, run)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     if validation is not None:
         vpath = Path(validation)
         if not vpath.is_file():

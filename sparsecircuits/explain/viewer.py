@@ -13,7 +13,7 @@ import html
 import json
 from pathlib import Path
 
-from ..checkpoint import atomic_write_text
+from ..checkpoint import atomic_write_text, output_dir
 
 
 def embed_json(data) -> str:
@@ -36,7 +36,7 @@ def render_html(data: dict, title: str | None = None) -> str:
 
 def write_viewer(data: dict, out: str | Path) -> Path:
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(out.parent)
     atomic_write_text(out, render_html(data))
     return out
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write, atomic_write_text, read_run_config, versions
+from ..checkpoint import (atomic_write, atomic_write_text, output_dir, read_run_config,
+                          versions)
 from ..circuits.ablation import PretrainingStats, model_hash
 from ..circuits.circuit import Circuit, count_edges
 from ..circuits.nodes import NodeLayout
@@ -160,8 +161,7 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
         targets=list(targets), budget=budget, steps=steps, tasks=per_task, skipped=skipped,
         summary=rows, seconds=round(time.perf_counter() - t0, 1), versions=versions())
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_dir(out)
         atomic_write_text(out / "compare.json", json.dumps(result, indent=1))
         plot_frontier(result, out / "frontier")
     return result
