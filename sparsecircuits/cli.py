@@ -162,7 +162,7 @@ def cmd_export(a):
 
 def cmd_demo(a):
     from .demo import demo
-    demo(a.out)
+    demo(a.out, jobs=a.jobs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,8 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ex.set_defaults(fn=cmd_export)
 
-    d = sub.add_parser("demo", help="the main job: train a tiny sparse model and inspect it")
+    d = sub.add_parser("demo", help="the main job: circuits in the shipped sparse and dense "
+                       "models, compared, validated and shown")
     d.add_argument("--out", default="sparsecircuits-demo", metavar="DIR")
+    d.add_argument("--jobs", type=int, default=None,
+                   help="circuits worked on at once, one process each (default: one per core)")
     d.set_defaults(fn=cmd_demo)
     return p
 

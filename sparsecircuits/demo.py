@@ -12,6 +12,7 @@ write a report folder a person can open.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -52,15 +53,14 @@ class Progress:
 
 
 def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, tasks=None,
-         targets=DEMO_TARGETS, log=print) -> Path:
-    from .circuits import open_run, validate
+         targets=DEMO_TARGETS, jobs: int | None = None, log=print) -> Path:
+    """Run the demo into `out`. `jobs` (default: one per core, each on its own thread) is how
+    many (task, model) circuits are worked on at once, in separate processes."""
+    from .circuits import open_run
     from .circuits.ablation import PretrainingStats
     from .circuits.pruning import PruneConfig
     from .circuits.search import task_reference
-    from .explain import gather, write_viewer
-    from .explain import run_info as describe_run
-    from .explain.report import build_report
-    from .study.compare import _model_info, plot_frontier, summarize, task_frontier
+    from .study.compare import _model_info, plot_frontier, summarize
     from .tasks import PAPER_TASKS, get_task
 
     out = output_dir(out)
@@ -75,8 +75,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     refs = {get_task(n).name: task_reference(n) for n in (tasks or PAPER_TASKS)}
     by_name = {name: get_task(ref) for name, ref in refs.items()}
     names = list(by_name)
-    # steps: the task table, then per task 2 prunings + 2 validations + 1 viewer/report, then
-    # the summary
+    # steps: the task table, then one per (task, model) circuit, then the summary
     progress = Progress(log)
     progress.step(f"measuring both models on {len(names)} tasks")
     table, both = [], []
@@ -95,44 +94,27 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     if not both:
         raise UserError(f"no task is done by both models at loss {BAR} or below; nothing to "
                         f"compare (see {out / 'tasks.txt'}).")
-    progress.total = 1 + 5 * len(both) + 1
-
     cfg = PruneConfig()
-    per_task, found = {}, {}
-    for n in both:
-        task = by_name[n]
-        per_task[n] = {}
-        for m, d in models.items():
-            progress.step(f"{n}: pruning the {m} model at targets {', '.join(map(str, targets))}")
-            result, circuits = task_frontier(
-                d["model"], d["tok"], task, d["stats"], targets, cfg, budget=1,
-                circuits_at=(TARGET, BAR),
-                provenance=dict(run_dir=str(d["run"].resolve()), task=refs[n]))
-            per_task[n][m] = result
-            c = circuits.get(TARGET) or circuits.get(BAR)  # the tightest of the two reached
-            if c is not None:
-                c.save(out / folder(n) / f"{m}.json")
-                found[(n, m)] = c
-    validations = {}
-    for (n, m), c in found.items():
-        progress.step(f"{n}: validating the {m} circuit ({c.num_nodes} nodes, {c.num_edges} edges)")
-        d = models[m]
-        v = validate(c, d["model"], d["tok"], stats=d["stats"], corpus=d["corpus"], n=64,
-                     draws=10, controls=False, log=None)
-        validations[(n, m)] = v
-        atomic_write_text(out / folder(n) / f"validation-{m}.json", json.dumps(v.to_dict(), indent=1))
-    for n in both:
-        c = found.get((n, "sparse"))
-        if c is None:
-            continue
-        progress.step(f"{n}: viewer and audit report of the sparse circuit")
-        d = models["sparse"]
-        data = gather(c, d["model"], d["tok"], d["corpus"], ablate_max=64, log=None)
-        write_viewer(data, out / folder(n) / "viewer.html")
-        doc = build_report(c, validations[(n, "sparse")].to_dict(), data,
-                           describe_run(d["run"], d["model"]), viewer_file="viewer.html")
-        atomic_write_text(out / folder(n) / "report.md", doc.markdown())
-        atomic_write_text(out / folder(n) / "report.html", doc.html(f"{n} circuit: audit report"))
+    work = [(n, m) for n in both for m in models]
+    jobs = _jobs(len(work), jobs)
+    progress.total = 1 + len(work) + 1
+    log(f"    pruning at targets {', '.join(map(str, targets))}, validating and reporting "
+        f"{len(work)} circuits ({len(both)} tasks x 2 models), {jobs} at a time")
+    args = [dict(task=n, ref=refs[n], model=m, run=str(models[m]["run"]), targets=tuple(targets),
+                 cfg=cfg, folder=str(out / folder(n)), report=(m == "sparse"))
+            for n, m in work]
+    per_task, found, validations = {n: {} for n in both}, {}, {}
+    for r in _run_jobs(args, jobs, models):
+        n, m = r["task"], r["model"]
+        per_task[n][m] = r["frontier"]
+        c, v = r["circuit"], r["validation"]
+        if c is not None:
+            found[(n, m)], validations[(n, m)] = c, v
+        what = (f"{c.num_nodes} nodes, {c.num_edges} edges at {c.target_loss:g}; sufficiency "
+                f"{v.sufficiency['loss']:.3f}, necessity {v.necessity['loss']:.3f}"
+                if c is not None else f"no circuit at {BAR}")
+        progress.step(f"{n}, {m} model: {what} ({r['seconds']:.0f}s)")
+    per_task = {n: {m: per_task[n][m] for m in models} for n in both}  # finishing order aside
 
     progress.step("summary and the frontier plot")
     rows = summarize(per_task, targets)
@@ -155,6 +137,74 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
                 f"sparse ones (geometric mean over {len(r['tasks'])} tasks; the paper: ~16x at 0.15)")
     log(f"\ndone in {progress.elapsed():.0f}s; open {out / 'index.html'}")
     return out
+
+
+def _jobs(n: int, jobs: int | None) -> int:
+    if jobs is not None and jobs < 1:
+        raise UserError(f"jobs {jobs} must be at least 1.")
+    return max(1, min(n, jobs or os.cpu_count() or 1))
+
+
+def _run_jobs(args: list[dict], jobs: int, models: dict):
+    """Yield each (task, model) result as it finishes: in this process when jobs is 1, else in
+    `jobs` spawned processes that share the cores (a process per core beats two threads on
+    one model this size)."""
+    if jobs == 1:
+        for a in args:
+            yield _circuit_job(a, models[a["model"]])
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_circuit_in_worker, a, threads) for a in args]
+        for f in as_completed(futures):
+            yield f.result()
+
+
+def _circuit_in_worker(a: dict, threads: int) -> dict:
+    import torch
+    from .circuits import open_run
+    from .circuits.ablation import PretrainingStats
+    torch.set_num_threads(threads)
+    model, tok, corpus = open_run(a["run"])
+    stats = PretrainingStats.cached(model, corpus, log=None)  # the parent computed it
+    return _circuit_job(a, dict(model=model, tok=tok, corpus=corpus, run=Path(a["run"]),
+                                stats=stats))
+
+
+def _circuit_job(a: dict, d: dict) -> dict:
+    """One task in one model: prune at every target, keep the circuit at TARGET (else BAR),
+    validate it (without the controls, which take minutes) and, for the sparse model, write
+    its viewer and audit report. Files go to a["folder"]; the figures come back."""
+    from .circuits import validate
+    from .explain import gather, write_viewer
+    from .explain import run_info as describe_run
+    from .explain.report import build_report
+    from .study.compare import task_frontier
+    from .tasks import get_task
+    t0 = time.perf_counter()
+    n, m, where = a["task"], a["model"], Path(a["folder"])
+    frontier, circuits = task_frontier(
+        d["model"], d["tok"], get_task(a["ref"]), d["stats"], a["targets"], a["cfg"], budget=1,
+        log=None, circuits_at=(TARGET, BAR),
+        provenance=dict(run_dir=str(d["run"].resolve()), task=a["ref"]))
+    c = circuits.get(TARGET) or circuits.get(BAR)  # the tightest of the two reached
+    v = None
+    if c is not None:
+        c.save(where / f"{m}.json")
+        v = validate(c, d["model"], d["tok"], stats=d["stats"], corpus=d["corpus"], n=64,
+                     draws=10, controls=False, log=None)
+        atomic_write_text(where / f"validation-{m}.json", json.dumps(v.to_dict(), indent=1))
+        if a["report"]:
+            data = gather(c, d["model"], d["tok"], d["corpus"], ablate_max=64, log=None)
+            write_viewer(data, where / "viewer.html")
+            doc = build_report(c, v.to_dict(), data, describe_run(d["run"], d["model"]),
+                               viewer_file="viewer.html")
+            atomic_write_text(where / "report.md", doc.markdown())
+            atomic_write_text(where / "report.html", doc.html(f"{n} circuit: audit report"))
+    return dict(task=n, model=m, frontier=frontier, circuit=c, validation=v,
+                seconds=time.perf_counter() - t0)
 
 
 def folder(task_name: str) -> str:

@@ -61,7 +61,7 @@ def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811
     twin = tmp_path / "twin"
     shutil.copytree(run, twin)
     lines = []
-    out = demo(tmp_path / "demo", runs=(run, twin), tasks=[str(task)], log=lines.append)
+    out = demo(tmp_path / "demo", runs=(run, twin), tasks=[str(task)], jobs=2, log=lines.append)
     folder = out / "planted"
     for f in ("sparse.json", "dense.json", "validation-sparse.json", "viewer.html", "report.md",
               "report.html"):
@@ -75,3 +75,11 @@ def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811
     assert any("open" in line and "index.html" in line for line in lines)
     result = json.loads((out / "compare.json").read_text())
     assert result["summary"][-2]["ratio"] == 1.0  # target 0.15: the same model twice
+    # two worker processes find what one process finds, file for file
+    alone = demo(tmp_path / "alone", runs=(run, twin), tasks=[str(task)], jobs=1,
+                 log=lambda *_: None)
+    again = json.loads((alone / "compare.json").read_text())
+    assert (again["tasks"], again["summary"]) == (result["tasks"], result["summary"])
+    for f in ("sparse.json", "dense.json"):
+        a, b = (json.loads((o / "planted" / f).read_text()) for o in (out, alone))
+        assert (a["nodes"], a["edges"]) == (b["nodes"], b["edges"])
