@@ -15,6 +15,7 @@ refuses a set whose steps disagree.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import tempfile
@@ -123,10 +124,47 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
         from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        return densify(load_file(str(path)), meta), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError, IndexError, KeyError,
+            TypeError) as e:
         raise UserError(f"{path} is corrupt or truncated ({e}); restore it or retrain the "
                         "run.") from None
+
+
+# A released sparse model may store a tensor as its nonzeros alone: NAME.nz_index (int32 flat
+# positions) and NAME.nz_value, with the shapes in the metadata entry "sparse" (JSON).
+NZ_INDEX, NZ_VALUE = ".nz_index", ".nz_value"
+
+
+def sparsify(tensors: dict[str, torch.Tensor], names) -> tuple[dict, dict]:
+    """Store each tensor of `names` as its nonzeros where that is smaller; returns the tensors
+    and {name: shape} of those stored so."""
+    out, shapes = dict(tensors), {}
+    for name in names:
+        t = tensors[name]
+        flat = t.reshape(-1)
+        index = flat.nonzero().squeeze(1).to(torch.int32)
+        if index.numel() * (4 + t.element_size()) >= flat.numel() * t.element_size():
+            continue
+        del out[name]
+        out[name + NZ_INDEX], out[name + NZ_VALUE] = index, flat[index.long()].contiguous()
+        shapes[name] = list(t.shape)
+    return out, shapes
+
+
+def densify(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, torch.Tensor]:
+    """The inverse of `sparsify`, reading the shapes from the file's metadata."""
+    if "sparse" not in meta:
+        return tensors
+    out = dict(tensors)
+    for name, shape in json.loads(meta["sparse"]).items():
+        index, value = out.pop(name + NZ_INDEX).long(), out.pop(name + NZ_VALUE)
+        dense = torch.zeros(math.prod(shape), dtype=value.dtype)
+        if index.numel() and int(index.min()) < 0:
+            raise ValueError(f"{name} has a negative index")
+        dense[index] = value  # an index past the end raises IndexError
+        out[name] = dense.reshape(shape)
+    return out
 
 
 def load_weights(run_dir: Path, model: GPT) -> dict:

@@ -2,9 +2,10 @@
 
 The exported folder is an ordinary run folder (`load`, `eval`, `prune` read it); its weights
 are stored in float16 or bfloat16 and upcast on load, so the released model *is* the rounded
-one. Its `trainer_state.json` records the val loss of those rounded weights (and the full-
-precision one beside it). Rounding must not change the sparsity pattern: a nonzero weight under
-the weight budget too small for the chosen format is an error, not a silent zero.
+one. A sparse model's weight tensors are stored as their nonzeros (positions and values) where
+that is smaller. Its `trainer_state.json` records the val loss of those rounded weights (and
+the full-precision one beside it). Rounding must not change the sparsity pattern: a nonzero
+weight under the weight budget too small for the chosen format is an error, not a silent zero.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import (MODEL_FILE, STATE_FILE, load, read_run_config, read_trainer_state,
-                         versions)
+                         sparsify, versions)
 from .errors import UserError
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -52,6 +53,9 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
                 shutil.copy(run_dir / f, tmp / f)
         meta = dict(format="sparsecircuits", step=str(state["step"]), dtype=dtype,
                     exported_from=str(run_dir.resolve()), versions=json.dumps(versions()))
+        tensors, shapes = sparsify(tensors, patterned)
+        if shapes:
+            meta["sparse"] = json.dumps(shapes)
         save_file(tensors, str(tmp / MODEL_FILE), metadata=meta)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         val = evaluate(tmp).val_loss

@@ -82,3 +82,35 @@ def test_export_writes_a_half_precision_run_that_loads(corpus_dir, tmp_path):
     assert state["dtype"] == "float16" and abs(state["val_loss"] - state["val_loss_float32"]) < 0.01
     with pytest.raises(UserError, match="not empty"):
         export_run(run, out, log=quiet)
+
+
+def test_export_stores_sparse_tensors_as_their_nonzeros(corpus_dir, tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from sparsecircuits.checkpoint import load
+    from sparsecircuits.release import export_run
+    run = tmp_path / "run"
+    train(tiny_config(corpus_dir, train=dict(max_steps=6)), run, log=quiet)
+    out = export_run(run, tmp_path / "release", log=quiet)
+    path = out / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    stored = json.loads(meta["sparse"])
+    full, _ = load(run)
+    half, _ = load(out)
+    weights = full.state_dict()
+    assert stored and all(list(weights[n].shape) == s for n, s in stored.items())
+    raw = load_file(str(path))
+    for name in stored:  # only the nonzeros are in the file
+        assert name not in raw
+        assert raw[name + ".nz_index"].numel() == int((weights[name] != 0).sum())
+    for (n, a), (_, b) in zip(weights.items(), half.state_dict().items()):
+        assert torch.equal(a != 0, b != 0), n
+    # an index past the end of its tensor: a corrupt file, one clear error
+    name = next(iter(stored))
+    raw[name + ".nz_index"][0] = 10**9
+    save_file(raw, str(path), metadata=meta)
+    with pytest.raises(UserError, match="corrupt"):
+        load(out)
