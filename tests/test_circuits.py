@@ -81,6 +81,29 @@ def test_one_ablated_node_changes_only_that_node():
     assert torch.all(seen[site][..., 5] == values[site][5])
 
 
+def test_logit_diffs_batch_by_length_and_keep_each_sequence_its_own_values():
+    model = random_model()
+    layout = NodeLayout(model)
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([5, 17, 9, 3, 12, 17, 8])  # shuffled, so batches reorder rows
+    idx = torch.randint(0, 512, (7, 17), generator=g) * (torch.arange(17) < lengths[:, None])
+    data = TaskData(idx, lengths, torch.randint(0, 512, (7,), generator=g),
+                    torch.randint(0, 512, (7,), generator=g), torch.ones(7))
+    with torch.no_grad():
+        logits = torch.stack([model(idx[i:i + 1, :n])[0, -1] for i, n in enumerate(lengths)])
+    one_by_one = logits[torch.arange(7), data.target] - logits[torch.arange(7), data.alt]
+    for batch in (2, 3, 7):
+        assert torch.allclose(logit_diffs(model, data, batch=batch), one_by_one, atol=1e-5)
+    # per-sequence ablation values follow their sequence through the reordering
+    keep = layout.split(torch.zeros(layout.total))
+    shared = random_values(model)
+    own = {k: v.expand(7, 1, -1).clone() for k, v in shared.items()}
+    own["blocks.1.mlp.out"][4] += 5.0
+    same = logit_diffs(model, data, keep, shared, batch=2)
+    moved = logit_diffs(model, data, keep, own, batch=2)
+    assert (moved != same).nonzero().flatten().tolist() == [4]
+
+
 def test_frozen_norm_with_every_node_kept_matches_the_model():
     model = random_model()
     layout = NodeLayout(model)

@@ -52,16 +52,25 @@ class TaskData:
 
 def logit_diffs(model, data: TaskData, masks: dict[str, torch.Tensor] | None = None,
                 values: dict[str, torch.Tensor] | None = None, freeze_norm: bool = False,
-                batch: int = 256) -> torch.Tensor:
+                batch: int = 64) -> torch.Tensor:
     """`z[target] - z[alt]` at each sequence's last token, with the nodes where `masks` is 0 held
-    at `values` (no masks: the full model). Differentiable in the masks."""
+    at `values` (no masks: the full model). Differentiable in the masks. A value of shape
+    (len(data), 1, dim) gives each sequence its own ablation value.
+
+    Sequences run in batches of similar length (a task's prompt lengths often vary twofold, and
+    a batch pads to its longest); the result is in `data`'s order."""
     device = next(model.parameters()).device
+    order = torch.argsort(data.lengths, stable=True)
     out = []
     for i in range(0, len(data), batch):
-        part = data.rows(torch.arange(i, min(i + batch, len(data))))
+        rows = order[i:i + batch]
+        part = data.rows(rows)
         x = part.idx.to(device)
         at = part.lengths.to(device) - 1
-        hooks = [mask_hook(masks, values)] if masks is not None else []
+        hooks = []
+        if masks is not None:
+            own = {k: v[rows] if v.dim() == 3 else v for k, v in values.items()}
+            hooks = [mask_hook(masks, own)]
         norms = []
         if freeze_norm and masks is not None:
             frozen = FrozenNorms()
@@ -70,9 +79,9 @@ def logit_diffs(model, data: TaskData, masks: dict[str, torch.Tensor] | None = N
             norms = [frozen.replay]
         with model.hooks(*hooks), model.norm_hooks(*norms):
             last = model(x, at=at).float()
-        rows = torch.arange(len(part), device=device)
-        out.append(last[rows, part.target.to(device)] - last[rows, part.alt.to(device)])
-    return torch.cat(out).cpu()
+        r = torch.arange(len(part), device=device)
+        out.append(last[r, part.target.to(device)] - last[r, part.alt.to(device)])
+    return torch.cat(out).cpu()[torch.argsort(order)]
 
 
 def losses(d: torch.Tensor, sign: torch.Tensor, scale: float = 1.0, shift: float = 0.0):

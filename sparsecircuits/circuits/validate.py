@@ -220,7 +220,7 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
         means = stats.means if cfg.ablation == "mean" else values
         for _ in range(draws):
             v = stochastic_values(layout, keep, stats, means, len(test), g)
-            d_s = logit_diffs(model, test, layout.split(keep.float()), v, fn, batch=len(test))
+            d_s = logit_diffs(model, test, layout.split(keep.float()), v, fn)
             sto.append(_loss(d_s, test.sign, cal["scale"], cal["shift"]))
         sto_t = torch.tensor(sto)
 
