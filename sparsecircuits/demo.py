@@ -104,7 +104,8 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
                  cfg=cfg, folder=str(out / folder(n)), report=(m == "sparse"))
             for n, m in work]
     per_task, found, validations = {n: {} for n in both}, {}, {}
-    for r in _run_jobs(args, jobs, models):
+    started = lambda a: log(f"    working on {a['task']}, {a['model']} model")  # noqa: E731
+    for r in _run_jobs(args, jobs, models, started):
         n, m = r["task"], r["model"]
         per_task[n][m] = r["frontier"]
         c, v = r["circuit"], r["validation"]
@@ -145,21 +146,36 @@ def _jobs(n: int, jobs: int | None) -> int:
     return max(1, min(n, jobs or os.cpu_count() or 1))
 
 
-def _run_jobs(args: list[dict], jobs: int, models: dict):
+def _run_jobs(args: list[dict], jobs: int, models: dict, started=lambda a: None):
     """Yield each (task, model) result as it finishes: in this process when jobs is 1, else in
     `jobs` spawned processes that share the cores (a process per core beats two threads on
-    one model this size)."""
+    one model this size). `started(a)` is called as each job begins."""
     if jobs == 1:
         for a in args:
+            started(a)
             yield _circuit_job(a, models[a["model"]])
         return
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    queue = list(reversed(args))
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_circuit_in_worker, a, threads) for a in args]
-        for f in as_completed(futures):
-            yield f.result()
+        running = {}
+
+        def submit():  # one job per free worker, so a job starts when it is submitted
+            a = queue.pop()
+            started(a)
+            running[pool.submit(_circuit_in_worker, a, threads)] = a
+
+        while queue and len(running) < jobs:
+            submit()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done:
+                del running[f]
+                if queue:
+                    submit()
+                yield f.result()
 
 
 def _circuit_in_worker(a: dict, threads: int) -> dict:

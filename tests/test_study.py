@@ -72,6 +72,7 @@ def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811
     summary = (out / "summary.md").read_text()
     assert "| 2 |" in summary or "2.0" in summary  # the planted circuit has 2 edges
     assert any(line.startswith("[1/") for line in lines)  # progress lines
+    assert sum("working on planted" in line for line in lines) == 2  # as each job starts
     assert any("open" in line and "index.html" in line for line in lines)
     result = json.loads((out / "compare.json").read_text())
     assert result["summary"][-2]["ratio"] == 1.0  # target 0.15: the same model twice
