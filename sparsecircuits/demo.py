@@ -63,6 +63,8 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     from .study.compare import _model_info, plot_frontier, summarize
     from .tasks import PAPER_TASKS, get_task
 
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs {jobs} must be at least 1.")
     out = output_dir(out)
     sparse_run, dense_run = runs or shipped_runs()
     log(f"sparsecircuits demo: circuits in a weight-sparse and a dense model, written to {out}")
@@ -141,8 +143,6 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
 
 
 def _jobs(n: int, jobs: int | None) -> int:
-    if jobs is not None and jobs < 1:
-        raise UserError(f"jobs {jobs} must be at least 1.")
     return max(1, min(n, jobs or os.cpu_count() or 1))
 
 

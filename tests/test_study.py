@@ -6,6 +6,9 @@ import json
 import math
 import shutil
 
+import pytest
+
+from sparsecircuits.errors import UserError
 from sparsecircuits.study.compare import geomean, summarize
 
 from .test_circuits_cli import planted_run  # noqa: F401  (a fixture)
@@ -76,6 +79,8 @@ def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811
     assert any("open" in line and "index.html" in line for line in lines)
     result = json.loads((out / "compare.json").read_text())
     assert result["summary"][-2]["ratio"] == 1.0  # target 0.15: the same model twice
+    with pytest.raises(UserError, match="--jobs 0 must be at least 1"):
+        demo(tmp_path / "none", runs=(run, twin), jobs=0)
     # two worker processes find what one process finds, file for file
     alone = demo(tmp_path / "alone", runs=(run, twin), tasks=[str(task)], jobs=1,
                  log=lambda *_: None)
