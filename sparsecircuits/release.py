@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import (MODEL_FILE, STATE_FILE, load, read_run_config, read_trainer_state,
-                         sparsify, versions)
+from .checkpoint import (MODEL_FILE, STATE_FILE, _umask, load, output_dir, read_run_config,
+                         read_trainer_state, sparsify, versions)
 from .errors import UserError
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -31,8 +31,8 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
     run_dir, out = Path(run_dir), Path(out)
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use float16 or bfloat16.")
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} already exists and is not empty; choose another --out.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not an empty folder; choose another --out.")
     model, _ = load(run_dir)
     state = read_trainer_state(run_dir)
     dense = read_run_config(run_dir).sparsity.is_dense  # no pattern to keep
@@ -45,7 +45,7 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
             raise UserError(f"{name} has {lost} nonzero weights too small for {dtype}; export "
                             "with --dtype bfloat16, which keeps float32's range.")
         tensors[name] = half.contiguous()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for f in ("config.json", "tokenizer.json", "metrics.jsonl"):
@@ -61,7 +61,6 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
         val = evaluate(tmp).val_loss
         state = dict(state, val_loss=val, val_loss_float32=state.get("val_loss"), dtype=dtype)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        from .checkpoint import _umask
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a release is for others to read
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~_umask())

@@ -80,8 +80,10 @@ def test_export_writes_a_half_precision_run_that_loads(corpus_dir, tmp_path):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6), n
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["dtype"] == "float16" and abs(state["val_loss"] - state["val_loss_float32"]) < 0.01
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="not an empty folder"):
         export_run(run, out, log=quiet)
+    with pytest.raises(UserError, match="not an empty folder"):  # a file where the folder goes
+        export_run(run, out / "config.json", log=quiet)
 
 
 def test_export_stores_sparse_tensors_as_their_nonzeros(corpus_dir, tmp_path):

@@ -240,8 +240,7 @@ class Circuit:
             raise UserError(f"{where} is damaged ({type(e).__name__}: {e}); prune again.") from None
 
     def save(self, path: str | Path) -> Path:
-        from ..checkpoint import atomic_write_text
-        from ..checkpoint import output_dir
+        from ..checkpoint import atomic_write_text, output_dir
         path = Path(path)
         output_dir(path.parent)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
