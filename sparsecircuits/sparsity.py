@@ -10,6 +10,7 @@ exactly"). It is exact: the mask has exactly k entries, ties broken by position.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -96,27 +97,49 @@ def abstopk(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class _AbsTopK(torch.autograd.Function):
-    """x * mask with a float 0/1 mask built in place: on the CPU about twice as fast as a
-    boolean mask through autograd, and the same mask serves the backward pass."""
+    """x * mask, with the mask saved for the backward pass. On the CPU in float32 a fused
+    kernel (`kernels.py`) selects, masks and writes each row in one pass."""
 
     @staticmethod
     def forward(ctx, x, k):
-        mask = x.detach().abs()
-        thr = _kth_largest_rows(mask, k).clamp_min_(torch.finfo(mask.dtype).tiny)  # zeros never kept
-        mask.ge_(thr)
-        over = mask.sum(-1) > k
-        if over.any():  # exact ties at the threshold: rank those rows by position instead
-            rows = over.nonzero(as_tuple=True)
-            fixed = torch.zeros_like(mask[rows])
-            fixed.scatter_(-1, x.detach()[rows].abs().topk(k, dim=-1).indices, 1.0)
-            mask[rows] = fixed
+        x = x.detach()
+        if x.device.type == "cpu" and x.dtype == torch.float32 and _cpu_kernel() is not None:
+            out, mask = _cpu_kernel()(x, k)
+        else:
+            out, mask = _abstopk_torch(x, k)
         ctx.save_for_backward(mask)
-        return x * mask
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
         return grad * mask, None
+
+
+def _abstopk_torch(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """AbsTopK in tensor operations (accelerators, other dtypes): (x * mask, float mask)."""
+    mask = x.abs()
+    fi = torch.finfo(mask.dtype)
+    thr = _kth_largest_rows(mask, k).clamp_min_(fi.tiny * fi.eps)  # least subnormal: no zeros
+    mask = mask.ge_(thr)
+    over = mask.sum(-1) > k
+    if over.any():  # exact ties at the threshold: keep the first by position
+        rows = over.nonzero(as_tuple=True)
+        a, t = x[rows].abs(), thr[rows]
+        above, tied = a > t, a == t
+        room = k - above.sum(-1, keepdim=True)
+        mask[rows] = (above | (tied & (tied.cumsum(-1) <= room))).to(mask.dtype)
+    return x * mask, mask
+
+
+@functools.cache
+def _cpu_kernel():
+    """The fused CPU AbsTopK (numba, compiled on first use), or None without numba."""
+    try:
+        from .kernels import abstopk_cpu
+    except ImportError:
+        return None
+    return abstopk_cpu
 
 
 def _np_partition_nonneg(a: np.ndarray, kth: int) -> np.ndarray:

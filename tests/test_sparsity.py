@@ -138,3 +138,40 @@ def test_sharkfin_endpoints():
     assert 490 <= peak <= 500
     assert curve[peak] == pytest.approx(0.5, abs=0.01)   # the relative LR peaks near 0.5
     assert curve[10] == pytest.approx(0.25)              # at the dense start, sqrt(1/16)
+
+
+def _abstopk_cases():
+    g = torch.Generator().manual_seed(0)
+    for shape, k in [((3, 7, 128), 32), ((2, 5, 512), 128), ((64, 8), 3), ((4, 33), 1)]:
+        x = torch.randn(shape, generator=g)
+        yield x, k
+        # Ties, zeros, negative zeros and subnormals in the same rows.
+        t = (x * 2).round() / 2
+        t[..., ::5] = 0.0
+        t[..., 1::7] = -0.0
+        t[..., 2::11] = 1e-42
+        yield t, k
+    wide = torch.randn(4, 6, 3 * 128, generator=g)
+    yield wide[..., 128:256], 32  # a strided view, as q, k, v of the fused projection are
+
+
+def test_abstopk_fused_cpu_kernel_matches_the_tensor_path_exactly():
+    from sparsecircuits.sparsity import _abstopk_torch, _cpu_kernel
+    kernel = _cpu_kernel()
+    assert kernel is not None, "numba is a dependency: the fused kernel must load"
+    for x, k in _abstopk_cases():
+        out, mask = kernel(x, k)
+        ref_out, ref_mask = _abstopk_torch(x, k)
+        assert torch.equal(mask, ref_mask) and torch.equal(out, ref_out)
+        nonzero = (x != 0).sum(-1)
+        assert torch.equal((mask != 0).sum(-1), nonzero.clamp_max(k))
+        assert torch.equal(out, x * mask)
+
+
+def test_abstopk_breaks_ties_by_position_on_both_paths():
+    from sparsecircuits.sparsity import _abstopk_torch, _cpu_kernel
+    x = torch.tensor([[1.0, -3.0, 2.0, 2.0, -2.0, 2.0, 0.5, 2.0]])
+    want = torch.tensor([[0.0, -3.0, 2.0, 2.0, -2.0, 0.0, 0.0, 0.0]])
+    for fn in (_cpu_kernel(), _abstopk_torch):
+        out, _ = fn(x, 4)
+        assert torch.equal(out, want)
