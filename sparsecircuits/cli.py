@@ -149,7 +149,7 @@ def cmd_trace(a):
 def cmd_compare(a):
     from .study import compare, format_summary
     result = compare(a.sparse_run, a.dense_run, tasks=a.tasks, targets=a.targets, out=a.out,
-                     budget=a.budget, steps=a.steps)
+                     budget=a.budget, steps=a.steps, jobs=a.jobs)
     print()
     print(format_summary(result))
     print(f"\nwrote {a.out}/compare.json, frontier.png and frontier.svg")
@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                     default=[0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02])
     cp.add_argument("--budget", type=int, default=1, help="pruning runs per task and model")
     cp.add_argument("--steps", type=int, default=100, help="mask-training steps per run")
+    cp.add_argument("--jobs", type=int, default=None,
+                    help="(task, model) searches run at once, one process each (default: one "
+                         "per core)")
     cp.add_argument("--out", required=True, metavar="DIR")
     cp.set_defaults(fn=cmd_compare)
 

@@ -12,13 +12,13 @@ write a report folder a person can open.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from .checkpoint import atomic_write_text, output_dir
 from .doc import Doc
 from .errors import UserError
+from .parallel import default_jobs, run_jobs
 
 SHIPPED = Path(__file__).parent / "shipped"
 DEMO_TARGETS = (0.5, 0.3, 0.15, 0.05)
@@ -98,7 +98,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
                         f"compare (see {out / 'tasks.txt'}).")
     cfg = PruneConfig()
     work = [(n, m) for n in both for m in models]
-    jobs = _jobs(len(work), jobs)
+    jobs = default_jobs(len(work), jobs)
     progress.total = 1 + len(work) + 1
     log(f"    pruning at targets {', '.join(map(str, targets))}, validating and reporting "
         f"{len(work)} circuits ({len(both)} tasks x 2 models), {jobs} at a time")
@@ -107,7 +107,8 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
             for n, m in work]
     per_task, found, validations = {n: {} for n in both}, {}, {}
     started = lambda a: log(f"    working on {a['task']}, {a['model']} model")  # noqa: E731
-    for r in _run_jobs(args, jobs, models, started):
+    local = lambda a: _circuit_job(a, models[a["model"]])  # noqa: E731
+    for r in run_jobs(args, jobs, local, _circuit_in_worker, started):
         n, m = r["task"], r["model"]
         per_task[n][m] = r["frontier"]
         c, v = r["circuit"], r["validation"]
@@ -140,42 +141,6 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
                 f"sparse ones (geometric mean over {len(r['tasks'])} tasks; the paper: ~16x at 0.15)")
     log(f"\ndone in {progress.elapsed():.0f}s; open {out / 'index.html'}")
     return out
-
-
-def _jobs(n: int, jobs: int | None) -> int:
-    return max(1, min(n, jobs or os.cpu_count() or 1))
-
-
-def _run_jobs(args: list[dict], jobs: int, models: dict, started=lambda a: None):
-    """Yield each (task, model) result as it finishes: in this process when jobs is 1, else in
-    `jobs` spawned processes that share the cores (a process per core beats two threads on
-    one model this size). `started(a)` is called as each job begins."""
-    if jobs == 1:
-        for a in args:
-            started(a)
-            yield _circuit_job(a, models[a["model"]])
-        return
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    queue = list(reversed(args))
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        running = {}
-
-        def submit():  # one job per free worker, so a job starts when it is submitted
-            a = queue.pop()
-            started(a)
-            running[pool.submit(_circuit_in_worker, a, threads)] = a
-
-        while queue and len(running) < jobs:
-            submit()
-        while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for f in done:
-                del running[f]
-                if queue:
-                    submit()
-                yield f.result()
 
 
 def _circuit_in_worker(a: dict, threads: int) -> dict:

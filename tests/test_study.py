@@ -56,6 +56,12 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path):  # noqa: F811
     assert "<svg" in (out / "frontier.svg").read_text()
     assert_one_line_error(*run_cli(capsys, "compare", str(run), str(twin), "--targets", "2",
                                    "--out", str(out))[::2], "between 0 and 1")
+    assert_one_line_error(*run_cli(capsys, "compare", str(run), str(twin), "--jobs", "0",
+                                   "--out", str(out))[::2], "--jobs 0 must be at least 1")
+    # The CLI ran the two searches in two processes; in this one process they give the same.
+    from sparsecircuits.study import compare
+    alone = compare(run, twin, tasks=[str(task)], targets=(0.3, 0.05), steps=150, jobs=1, log=None)
+    assert alone["tasks"] == result["tasks"] and alone["summary"] == result["summary"]
 
 
 def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811

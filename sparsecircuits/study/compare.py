@@ -27,6 +27,7 @@ from ..circuits.pruning import (PruneConfig, TaskSplit, bisect_circuit, resolve_
 from ..circuits.search import frozen, open_run, search_trials
 from ..circuits.taskdata import logit_diffs, losses
 from ..errors import UserError
+from ..parallel import default_jobs, run_jobs
 from ..tasks import PAPER_TASKS, get_task
 
 DEFAULT_TARGETS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02)
@@ -118,11 +119,17 @@ def _r(x):
 
 
 def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None, *,
-            budget: int = 1, steps: int = 100, n_check: int = 64, log=print) -> dict:
-    """Prune every task at every target in both models; write JSON and the frontier plot."""
+            budget: int = 1, steps: int = 100, n_check: int = 64, jobs: int | None = None,
+            log=print) -> dict:
+    """Prune every task at every target in both models; write JSON and the frontier plot.
+    `jobs` (default: one per core) is how many (task, model) searches run at once, each in
+    its own process."""
+    from ..tasks.metrics import task_metrics
     targets = tuple(sorted({float(t) for t in targets}, reverse=True))
     if not targets or any(not 0 < t < 1 for t in targets):
         raise UserError(f"targets {targets} must be losses between 0 and 1 (e.g. 0.5 0.15 0.02).")
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs {jobs} must be at least 1.")
     t0 = time.perf_counter()
     models = {}
     for name, run in (("sparse", sparse_run), ("dense", dense_run)):
@@ -135,12 +142,11 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
     names = list(tasks) if tasks else list(PAPER_TASKS)
     if names == ["all"]:
         names = list(PAPER_TASKS)
-    per_task, skipped = {}, {}
+    included, skipped = [], {}
     for name in names:
         task = get_task(name)
         full = {}
         for m, (model, tok, _, _) in models.items():
-            from ..tasks.metrics import task_metrics
             with torch.no_grad():
                 full[m] = task_metrics(model, tok, task, n=n_check, split="train", seed=1).loss
         if max(full.values()) > max(targets):
@@ -148,12 +154,25 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
             if log:
                 log(f"{name}: skipped (full-model loss sparse {full['sparse']:.3f}, dense "
                     f"{full['dense']:.3f}; above every target)")
-            continue
-        per_task[name] = {}
-        for m, (model, tok, stats, _) in models.items():
-            if log:
-                log(f"{name}: pruning the {m} model at {len(targets)} targets ...")
-            per_task[name][m] = task_frontier(model, tok, task, stats, targets, cfg, budget)
+        else:
+            included.append(name)
+    work = [dict(task=n, model=m, run=str(models[m][3]), targets=targets, cfg=cfg, budget=budget)
+            for n in included for m in models]
+    jobs = default_jobs(len(work), jobs)
+    if log and work:
+        log(f"pruning {len(work)} (task, model) pairs at {len(targets)} targets, "
+            f"{jobs} at a time ...")
+    per_task = {n: {} for n in included}
+    local = lambda a: _frontier_job(a, *models[a["model"]][:3])  # noqa: E731
+    started = (lambda a: log(f"{a['task']}: pruning the {a['model']} model ...")) if log \
+        else (lambda a: None)
+    for r in run_jobs(work, jobs, local, _frontier_in_worker, started):
+        per_task[r["task"]][r["model"]] = r["frontier"]
+        if log:
+            at = r["frontier"]["targets"].get("0.15")
+            log(f"{r['task']}, {r['model']} model: done in {r['seconds']:.0f}s"
+                + (f" ({at['edges']} edges at 0.15)" if at else ""))
+    per_task = {n: {m: per_task[n][m] for m in models} for n in included}  # finishing order aside
     rows = summarize(per_task, targets)
     result = dict(
         sparse=_model_info(sparse_run, models["sparse"][0]),
@@ -165,6 +184,22 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
         atomic_write_text(out / "compare.json", json.dumps(result, indent=1))
         plot_frontier(result, out / "frontier")
     return result
+
+
+def _frontier_job(a: dict, model, tok, stats) -> dict:
+    """One task in one model: its frontier over the targets."""
+    t0 = time.perf_counter()
+    frontier = task_frontier(model, tok, get_task(a["task"]), stats, a["targets"], a["cfg"],
+                             a["budget"], log=None)
+    return dict(task=a["task"], model=a["model"], frontier=frontier,
+                seconds=time.perf_counter() - t0)
+
+
+def _frontier_in_worker(a: dict, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    model, tok, corpus = open_run(a["run"])
+    stats = PretrainingStats.cached(model, corpus, log=None)  # the parent computed it
+    return _frontier_job(a, model, tok, stats)
 
 
 def format_summary(result: dict) -> str:
