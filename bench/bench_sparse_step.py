@@ -2,10 +2,12 @@
 
 For each preset pair (tiny, small, and the paper's 1x shapes at a small batch) this times one
 full training step of the sparse preset (AbsTopK at the eight sites + weight projection +
-optimizer) and of a dense model of the same shapes (no AbsTopK, density 1), interleaving the
-two so machine noise hits both alike, and prints the ratio of medians. It also times the
-weight projection with the threshold selection used in training against a plain per-tensor
-`torch.topk` selection, on the same weights.
+optimizer) and of a dense model of the same shapes (no AbsTopK, density 1), interleaving them
+so machine noise hits all alike, and prints the ratio of medians. The sparse step is timed
+twice: with the fused CPU AbsTopK kernel (what training uses) and with AbsTopK in tensor
+operations (the accelerator path). It also times the weight projection with the threshold
+selection used in training against a plain per-tensor `torch.topk` selection, on the same
+weights.
 
     python bench/bench_sparse_step.py [--rounds 15] [--steps 5] [--presets tiny small paper-1x]
 """
@@ -20,6 +22,7 @@ import time
 
 import torch
 
+from sparsecircuits import sparsity
 from sparsecircuits.config import preset
 from sparsecircuits.model import GPT
 from sparsecircuits.sparsity import WeightSparsifier, topk_mask, topk_mask_sort
@@ -35,12 +38,18 @@ def make(cfg, seed=0):
     return model, opt, sp
 
 
-def time_steps(model, opt, sp, cfg, x, y, n):
-    t = time.perf_counter()
-    for _ in range(n):
-        training_step(model, opt, sp, model.decay_params(), x, y, lr=1e-3, next_frac=1.0,
-                      tc=cfg.train)
-    return (time.perf_counter() - t) / n
+def time_steps(model, opt, sp, cfg, x, y, n, fused=True):
+    kernel = sparsity._cpu_kernel
+    if not fused:  # AbsTopK in tensor operations, as on an accelerator
+        sparsity._cpu_kernel = lambda: None
+    try:
+        t = time.perf_counter()
+        for _ in range(n):
+            training_step(model, opt, sp, model.decay_params(), x, y, lr=1e-3, next_frac=1.0,
+                          tc=cfg.train)
+        return (time.perf_counter() - t) / n
+    finally:
+        sparsity._cpu_kernel = kernel
 
 
 def bench_pair(name: str, rounds: int, steps: int):
@@ -57,16 +66,20 @@ def bench_pair(name: str, rounds: int, steps: int):
     data = torch.randint(sparse_cfg.model.vocab_size, (B, T + 1), generator=g)
     x, y = data[:, :-1], data[:, 1:]
     runs = {"sparse": (*make(sparse_cfg), sparse_cfg), "dense": (*make(dense_cfg), dense_cfg)}
-    times = {k: [] for k in runs}
-    for m, o, s, c in runs.values():  # warm-up
-        time_steps(m, o, s, c, x, y, 2)
+    variants = {"sparse": ("sparse", True), "sparse, tensor AbsTopK": ("sparse", False),
+                "dense": ("dense", True)}
+    times = {k: [] for k in variants}
+    for r, fused in variants.values():  # warm-up (and the kernel's compilation)
+        time_steps(*runs[r], x, y, 2, fused)
     for _ in range(rounds):
-        for k, (m, o, s, c) in runs.items():
-            times[k].append(time_steps(m, o, s, c, x, y, steps))
+        for k, (r, fused) in variants.items():
+            times[k].append(time_steps(*runs[r], x, y, steps, fused))
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{name}: {B}x{T} tokens/step | sparse step {med['sparse'] * 1e3:.1f} ms "
-          f"({B * T / med['sparse']:,.0f} tok/s) | dense step {med['dense'] * 1e3:.1f} ms "
-          f"({B * T / med['dense']:,.0f} tok/s) | sparse/dense = {med['sparse'] / med['dense']:.3f}")
+    ms = {k: f"{v * 1e3:.1f} ms ({B * T / v:,.0f} tok/s)" for k, v in med.items()}
+    print(f"{name}: {B}x{T} tokens/step | sparse step {ms['sparse']} | dense step "
+          f"{ms['dense']} | sparse/dense = {med['sparse'] / med['dense']:.3f} | with AbsTopK "
+          f"in tensor operations: {ms['sparse, tensor AbsTopK']}, "
+          f"{med['sparse, tensor AbsTopK'] / med['dense']:.3f}")
 
     # Projection alone, same weights, both selections: ours (k-th-value threshold) vs torch.topk.
     model, _, sp, _ = runs["sparse"]
