@@ -14,6 +14,11 @@ import numpy as np
 import numba
 import torch
 
+# numba's own thread pool, never its OpenMP one: a second OpenMP runtime in the process (the
+# system's libgomp beside torch's) left torch running two-thread teams in workers set to one
+# thread, and two such workers ran 4-5x slower side by side.
+numba.config.THREADING_LAYER = "workqueue"
+
 # Rows per parallel work item: enough to amortise scheduling, few enough to balance threads.
 _ROWS_PER_ITEM = 64
 _ABS = 0x7FFFFFFF
@@ -64,16 +69,18 @@ def _kernel(xb, k, out, mask):
                     mask[r, j] = 1.0 if keep else 0.0
 
 
-def _compile(fn):
+def _compile(fn, parallel: bool):
     # fastmath lets the float32 count reductions vectorise; every other value is an integer.
-    options = dict(parallel=True, nogil=True, boundscheck=False, fastmath=True)
+    options = dict(parallel=parallel, nogil=True, boundscheck=False, fastmath=True)
     try:
         return numba.njit(cache=True, **options)(fn)
     except RuntimeError:  # no writable cache location: compile in every process instead
         return numba.njit(**options)(fn)
 
 
-_abstopk_rows = _compile(_kernel)
+# On one thread the serial build runs, without starting any thread pool.
+_abstopk_rows_parallel = _compile(_kernel, parallel=True)
+_abstopk_rows_serial = _compile(_kernel, parallel=False)
 
 
 def abstopk_cpu(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +93,12 @@ def abstopk_cpu(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows = x.reshape(-1, d)  # a view for the strided slices the model makes (q, k, v)
     out = torch.empty(rows.shape, dtype=torch.float32)
     mask = torch.empty(rows.shape, dtype=torch.float32)
+    args = (rows.numpy().view(np.int32), k, out.numpy().view(np.int32), mask.numpy())
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    if numba.get_num_threads() != threads:
-        numba.set_num_threads(threads)
-    _abstopk_rows(rows.numpy().view(np.int32), k, out.numpy().view(np.int32), mask.numpy())
+    if threads == 1:
+        _abstopk_rows_serial(*args)
+    else:
+        if numba.get_num_threads() != threads:
+            numba.set_num_threads(threads)
+        _abstopk_rows_parallel(*args)
     return out.view(x.shape), mask.view(x.shape)
