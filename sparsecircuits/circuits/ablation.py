@@ -135,7 +135,12 @@ def mask_hook(masks: dict[str, torch.Tensor], values: dict[str, torch.Tensor]):
         if m is None:
             return x
         m, v = m.to(x.dtype), values[name].to(x.dtype)
-        return x * m + v * (1 - m)  # exact at m in {0, 1}: x*1 + v*0 == x, x*0 + v*1 == v
+        if torch.is_grad_enabled():  # mask training: the plain form's backward is as fast
+            return x * m + v * (1 - m)
+        # Without autograd (bisection, validation) addcmul adds x * m to the one row (or one
+        # row per sequence) v * (1 - m) in a single pass, many times faster than a broadcast
+        # add. Both forms are exact at m in {0, 1}: x*1 + v*0 == x, x*0 + v*1 == v.
+        return torch.addcmul(v * (1 - m), x, m)
     return hook
 
 
