@@ -149,7 +149,7 @@ def cmd_trace(a):
 def cmd_compare(a):
     from .study import compare, format_summary
     result = compare(a.sparse_run, a.dense_run, tasks=a.tasks, targets=a.targets, out=a.out,
-                     budget=a.budget, steps=a.steps, jobs=a.jobs)
+                     budget=a.budget, steps=a.steps, jobs=a.jobs, log=_log_now)
     print()
     print(format_summary(result))
     print(f"\nwrote {a.out}/compare.json, frontier.png and frontier.svg")
@@ -160,9 +160,13 @@ def cmd_export(a):
     export_run(a.run_dir, a.out, dtype=a.dtype)
 
 
+def _log_now(*args):
+    print(*args, flush=True)  # progress lines appear as they happen, also through a pipe
+
+
 def cmd_demo(a):
     from .demo import demo
-    demo(a.out, jobs=a.jobs)
+    demo(a.out, jobs=a.jobs, log=_log_now)
 
 
 def build_parser() -> argparse.ArgumentParser:

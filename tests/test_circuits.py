@@ -13,7 +13,8 @@ from sparsecircuits.circuits import (Circuit, NodeLayout, PretrainingStats, Prun
                                      bisect_smallest, derive_edges, find_circuit, heaviside,
                                      mask_hook, validate)
 from sparsecircuits.circuits.circuit import count_edges
-from sparsecircuits.circuits.pruning import TaskSplit, bisect_circuit
+from sparsecircuits.circuits.pruning import (TaskSplit, bisect_circuit, empty_circuit_loss,
+                                             resolve_values)
 from sparsecircuits.circuits.taskdata import TaskData, calibrate, logit_diffs, losses
 from sparsecircuits.circuits.validate import random_same_sizes, reinitialised
 from sparsecircuits.config import ModelConfig
@@ -404,6 +405,20 @@ def test_validation_passes_the_planted_circuit_and_fails_a_random_one(planted_se
         assert not any(line.startswith("TRIVIAL") for line in v.verdicts + v2.verdicts)
     finally:
         del SUITE["planted"]
+
+
+def test_empty_circuit_loss_is_the_bisections_judgement_of_no_node(planted_setup):
+    model, corpus, task, stats = planted_setup
+    cfg = PruneConfig(train_pairs=40, heldout_pairs=20, target_loss=50.0)  # every size passes
+    split = TaskSplit(model, corpus.tokenizer, task, cfg)
+    values = resolve_values(model, cfg, split, stats)
+    layout, probes = NodeLayout(model), {}
+    _, k, _, _, reached = bisect_circuit(model, split.heldout, values, torch.rand(layout.total),
+                                         cfg, layout, probes)
+    assert reached and k == 0
+    empty = empty_circuit_loss(model, split, values, cfg)
+    assert empty == probes[0][0]
+    assert empty > 0.15  # the planted task needs its planted path: the last token is not enough
 
 
 def test_task_split_keeps_heldout_pairs_apart(planted_setup):

@@ -64,6 +64,20 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path):  # noqa: F811
     assert alone["tasks"] == result["tasks"] and alone["summary"] == result["summary"]
 
 
+def test_demo_lists_a_task_the_last_token_gives_away_instead_of_pruning_it(
+        planted_run, tmp_path, monkeypatch):  # noqa: F811
+    import sparsecircuits.circuits.pruning as pruning
+    from sparsecircuits.demo import demo
+    run, task = planted_run
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    # As if the embeddings and bigram table alone did the task in one of the models.
+    monkeypatch.setattr(pruning, "empty_circuit_loss", lambda model, *a: 0.01)
+    with pytest.raises(UserError, match="with a circuit to find"):
+        demo(tmp_path / "demo", runs=(run, twin), tasks=[str(task)], log=lambda *_: None)
+    assert "the last token gives it away" in (tmp_path / "demo" / "tasks.txt").read_text()
+
+
 def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811
     from sparsecircuits.demo import demo
     run, task = planted_run

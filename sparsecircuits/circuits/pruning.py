@@ -227,6 +227,18 @@ def bisect_circuit(model, data: TaskData, values, scores: torch.Tensor, cfg: Pru
     return keep, k, measure(k), sorted((k_, v[0]) for k_, v in probes.items()), reached
 
 
+@torch.no_grad()
+def empty_circuit_loss(model, split: TaskSplit, values, cfg: PruneConfig) -> float:
+    """The held-out loss with every node ablated, judged as the bisection judges a circuit:
+    what the embeddings, the bigram table and the unembedding do alone. At or below the
+    target, the task's circuit is empty: the last token gives the answer away."""
+    layout = NodeLayout(model)
+    d = logit_diffs(model, split.heldout, layout.split(torch.zeros(layout.total)), values,
+                    cfg.freeze_norm)
+    scale, shift = calibrate(d, split.heldout.sign) if cfg.calibrate else (1.0, 0.0)
+    return float(losses(d, split.heldout.sign, scale, shift).mean())
+
+
 def prune_run(model, split: TaskSplit, values, cfg: PruneConfig, log=print) -> PruneRun:
     t0 = time.perf_counter()
     layout = NodeLayout(model)
