@@ -1,8 +1,9 @@
-"""Circuit size against mask-training length, in both shipped models: how much of the sparse vs
-dense gap is the short (CPU-sized) pruning runs?
+"""Circuit size against mask-training length, in a sparse and a dense model (default: the
+shipped ones): how much of the sparse vs dense gap is the short (CPU-sized) pruning runs?
 
     python bench/bench_prune_steps.py [--task while_return_true] [--steps 100 400]
                                       [--targets 0.3 0.15] [--threads 1]
+                                      [--runs SPARSE_RUN DENSE_RUN]
 
 For each model and step count, one pruning run (the paper's centre settings, `--budget 1` in
 `prune` and `compare`) is bisected at every target; prints nodes and edges per target, the
@@ -30,13 +31,14 @@ def main():
     ap.add_argument("--steps", type=int, nargs="+", default=[100, 400])
     ap.add_argument("--targets", type=float, nargs="+", default=[0.3, 0.15])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", nargs=2, metavar=("SPARSE_RUN", "DENSE_RUN"), default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     task = get_task(a.task)
     edges = {}
     print(f"{'model':<7} {'steps':>5} " + " ".join(f"{'at ' + str(t):>18}" for t in a.targets)
           + f" {'seconds':>8}")
-    for name, run in zip(("sparse", "dense"), shipped_runs()):
+    for name, run in zip(("sparse", "dense"), a.runs or shipped_runs()):
         model, tok, corpus = open_run(run)
         stats = PretrainingStats.cached(model, corpus, log=None)
         for steps in a.steps:
