@@ -1,11 +1,15 @@
-"""A fused CPU kernel for AbsTopK, compiled by numba on first use (and cached on disk).
+"""Fused CPU kernels for AbsTopK and the weight projection, compiled by numba on first use
+(and cached on disk).
 
-One pass per row does what takes five memory-bound tensor passes in torch (|x|, the k-th
-largest, the comparison, the tie check, x * mask): the row's |x| bit patterns are copied to
-a buffer in L1 cache, the k-th largest is found bit by bit from the top (a non-negative IEEE
+AbsTopK: one pass per row does what takes five memory-bound tensor passes in torch (|x|, the
+k-th largest, the comparison, the tie check, x * mask): the row's |x| bit patterns are copied
+to a buffer in L1 cache, the k-th largest is found bit by bit from the top (a non-negative IEEE
 float orders as its bit pattern read as an int, so 31 counting passes over the row find it
 exactly, and they stop as soon as exactly k entries lie at or above the candidate), and the
 kept entries and the 0/1 mask are written out. Rows are split across threads.
+
+Projection: one call per tensor marks each neuron's floor, finds the k-th largest |w| by radix
+selection and zeroes the rest in place (see `_project`).
 """
 
 from __future__ import annotations
@@ -102,3 +106,104 @@ def abstopk_cpu(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
             numba.set_num_threads(threads)
         _abstopk_rows_parallel(*args)
     return out.view(x.shape), mask.view(x.shape)
+
+
+# ----------------------------------------------------------------------------- projection
+
+_FLOOR = np.int32(0x7FFFFFFF)  # ranks a floor entry above every finite |w|
+
+
+def _mark_floor(score, j, axis):
+    """Give each neuron's j largest entries the top rank, first by position among equals:
+    neurons are rows for axis 1, columns for axis 0. One row-major pass keeps each neuron's
+    best j so far in a small sorted buffer."""
+    n, m = score.shape
+    neurons = n if axis == 1 else m
+    best = np.full((neurons, j), -1, np.int32)
+    at = np.zeros((neurons, j), np.int64)  # position along the floor axis
+    for r in range(n):
+        for c in range(m):
+            s = score[r, c]
+            u, pos = (r, c) if axis == 1 else (c, r)
+            if s > best[u, j - 1]:  # strictly: an equal later entry does not displace
+                q = j - 1
+                while q > 0 and s > best[u, q - 1]:
+                    best[u, q], at[u, q] = best[u, q - 1], at[u, q - 1]
+                    q -= 1
+                best[u, q], at[u, q] = s, pos
+    for u in range(neurons):
+        for q in range(j):
+            if axis == 1:
+                score[u, at[u, q]] = _FLOOR
+            else:
+                score[at[u, q], u] = _FLOOR
+
+
+def _project(wb, k, j, axis):
+    """Zero, in place, all but the k largest |w| of `wb` (a C-contiguous 2-D int32 view of
+    float32 weights), each neuron first keeping its j largest: neurons are rows for axis 1,
+    columns for axis 0. Ties at the k-th value are kept first by position (row-major)."""
+    n, m = wb.shape
+    score = np.empty((n, m), np.int32)
+    for r in range(n):
+        for c in range(m):
+            score[r, c] = wb[r, c] & _ABS
+    if j > 0:
+        _mark_floor_jit(score, j, axis)
+    # Radix selection of the k-th largest score on digits of 11, 11 and 9 bits: the first
+    # digit's histogram over all entries finds the bucket holding it; the entries in that
+    # bucket (a few percent) are gathered, and two more digits over them find it exactly.
+    flat = score.reshape(-1)
+    hist = np.zeros(2048, np.int64)
+    for s in flat:
+        hist[s >> 20] += 1
+    want = k  # how many of the entries sharing the digits found so far are kept
+    b = 2047
+    while hist[b] < want:
+        want -= hist[b]
+        b -= 1
+    kth = b << 20
+    near = np.empty(hist[b], np.int32)
+    i = 0
+    for s in flat:
+        if (s >> 20) == b:
+            near[i] = s
+            i += 1
+    ties = 0  # entries equal to the k-th largest
+    for shift, digit, found in ((9, 0x7FF, 20), (0, 0x1FF, 9)):  # found: bits known above
+        hist[:] = 0
+        for s in near:
+            if (s >> found) == (kth >> found):
+                hist[(s >> shift) & digit] += 1
+        b = digit
+        while hist[b] < want:
+            want -= hist[b]
+            b -= 1
+        kth |= b << shift
+        ties = hist[b]
+    # Keep every entry above the k-th largest and the first `want` equal to it.
+    if ties == want:  # all of them: no tie to break
+        for r in range(n):
+            for c in range(m):
+                wb[r, c] = wb[r, c] if score[r, c] >= kth else 0
+    else:
+        for r in range(n):
+            for c in range(m):
+                s = score[r, c]
+                if s == kth and want > 0:
+                    want -= 1
+                elif s <= kth:
+                    wb[r, c] = 0
+
+
+_mark_floor_jit = _compile(_mark_floor, parallel=False)
+_project_serial = _compile(_project, parallel=False)
+
+
+def project_cpu(w: torch.Tensor, k: int, floor: int, axis: int | None) -> None:
+    """In place: zero all but the k largest-|w| entries of the float32 CPU tensor `w`
+    (1 <= k < w.numel()), each neuron along `axis` (for a matrix) first keeping its `floor`
+    largest. Ties at the k-th value are kept first by position."""
+    w2 = w.detach().view(-1, w.shape[-1]) if w.ndim > 1 else w.detach().view(1, -1)
+    _project_serial(w2.numpy().view(np.int32), k, 0 if axis is None else floor,
+                    1 if axis is None else axis)

@@ -2,10 +2,14 @@
 
 After every optimizer step each weight matrix, bias and embedding keeps only its largest-|w|
 entries at the scheduled density; gradients and Adam moments stay dense, so pruned weights can
-come back. The selection is a k-th-value threshold rather than a sort: numpy's introselect on
-the CPU; on an accelerator, large tensors bracket the threshold from a strided sample and rank
-only the entries inside the bracket (the paper's "find a threshold, then fix the last entries
-exactly"). It is exact: the mask has exactly k entries, ties broken by position.
+come back. The selection is a k-th-value threshold rather than a sort. On the CPU a fused
+kernel (`kernels.py`) marks each neuron's floor, finds the k-th largest |w| by radix selection
+and zeroes the rest in one call per tensor; elsewhere large tensors bracket the threshold from a
+strided sample and rank only the entries inside the bracket (the paper's "find a threshold,
+then fix the last entries exactly"). Both are exact: exactly k entries are kept, ties at the
+k-th value broken by position. They differ only in which of several equal entries a neuron's
+floor takes (the kernel: the first; elsewhere: `torch.topk`'s choice); a test holds them equal
+on weights without such ties.
 """
 
 from __future__ import annotations
@@ -133,6 +137,16 @@ def _abstopk_torch(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @functools.cache
+def _cpu_projection():
+    """The fused CPU weight projection (numba), or None without numba."""
+    try:
+        from .kernels import project_cpu
+    except ImportError:
+        return None
+    return project_cpu
+
+
+@functools.cache
 def _cpu_kernel():
     """The fused CPU AbsTopK (numba, compiled on first use), or None without numba."""
     try:
@@ -243,13 +257,24 @@ class WeightSparsifier:
         return min(self.cfg.min_per_neuron, t.param.shape[t.floor_axis])
 
     @torch.no_grad()
-    def project(self, frac: float, select=topk_mask) -> None:
+    def project(self, frac: float, select=None) -> None:
+        """Zero all but each tensor's top-k at the density of training fraction `frac`.
+
+        By default a CPU float32 tensor goes through the fused kernel (`kernels.py`: floor,
+        radix selection and zeroing in one call) and any other through `mask` with
+        `topk_mask`; `select` forces `mask` with that selection (the benchmark compares them).
+        """
         dens = self.densities(frac)
+        fused = _cpu_projection() if select is None else None
         for t in self.tensors:
             k = t.k_at(dens[t.group])
             if k >= t.param.numel():
                 continue
-            t.param.masked_fill_(~self.mask(t, k, select), 0.0)
+            p = t.param
+            if fused and p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous():
+                fused(p, k, self._floor(t), t.floor_axis)
+            else:
+                p.masked_fill_(~self.mask(t, k, select or topk_mask), 0.0)
 
     def mask(self, t: SparseTensor, k: int, select=topk_mask) -> torch.Tensor:
         score = t.param.detach().abs()

@@ -175,3 +175,46 @@ def test_abstopk_breaks_ties_by_position_on_both_paths():
     for fn in (_cpu_kernel(), _abstopk_torch):
         out, _ = fn(x, 4)
         assert torch.equal(out, want)
+
+
+def _projection_cases():
+    g = torch.Generator().manual_seed(0)
+    for shape, axis, density in [((96, 40), 1, 0.1), ((40, 96), 0, 0.1), ((384, 128), 1, 1 / 16),
+                                 ((128, 512), 0, 1 / 16), ((2048, 64), None, 0.25),
+                                 ((300,), None, 0.25), ((7, 5), 1, 0.9)]:
+        w = torch.randn(shape, generator=g)
+        yield w, axis, density
+        t = (w * 2).round() / 2  # ties, and a fifth of the entries exactly zero
+        yield t, axis, density
+        if len(shape) == 2 and axis is not None:  # one neuron would take the whole budget
+            big = w.clone().mul_(1e-6)
+            big.select(1 - axis, 0).fill_(1e3)
+            yield big, axis, density
+
+
+def test_fused_cpu_projection_matches_the_tensor_path_exactly():
+    from sparsecircuits.sparsity import _cpu_projection
+    assert _cpu_projection() is not None, "numba is a dependency: the fused projection must load"
+    for w, axis, density in _projection_cases():
+        fused, ref = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+        sparsifier(fused, axis=axis, density=density).project(1.0)
+        sparsifier(ref, axis=axis, density=density).project(1.0, select=topk_mask)
+        k = math.floor(density * w.numel() + 1e-6)
+        if bool((w != 0).all()) and w.unique().numel() == w.numel():
+            # No ties: the same weights kept, exactly k of them, the floor for every neuron.
+            assert torch.equal(fused, ref), (w.shape, axis, density)
+            assert int((fused != 0).sum()) == k
+            if axis is not None:
+                assert int((fused != 0).sum(dim=axis).min()) >= min(4, w.shape[axis])
+        else:
+            # Ties (and zeros): a neuron's floor may take another of several equal entries, so
+            # the kept magnitudes agree as a multiset, and each neuron keeps its floor.
+            def kept(p):
+                return p[p != 0].abs().sort().values
+            assert torch.equal(kept(fused), kept(ref)), (w.shape, axis, density)
+            assert int((fused != 0).sum()) <= k
+            if axis is None:  # no floor: ties broken by position on both paths
+                assert torch.equal(fused, ref)
+            else:
+                need = (w != 0).sum(dim=axis).clamp_max(min(4, w.shape[axis]))
+                assert bool(((fused != 0).sum(dim=axis) >= need).all())
