@@ -28,6 +28,7 @@ from .checkpoint import (atomic_write, atomic_write_text, load_optimizer, load_w
 from .config import RunConfig, TrainConfig
 from .corpus import open_corpus
 from .errors import UserError
+from .memory import keep_freed_memory
 from .model import GPT
 from .sparsity import WeightSparsifier, lr_at, sharkfin_factor
 
@@ -139,6 +140,8 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
                         f"{world} processes; choose a multiple of {world}.")
 
     device = resolve_device(tc.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # each step's buffers reused, not page-faulted in again
     if world > 1:
         import torch.distributed as dist
         if device.type == "cuda":
