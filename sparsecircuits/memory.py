@@ -3,7 +3,7 @@ in fresh every step.
 
 glibc serves large allocations with mmap and returns them to the system when freed, so every
 step of a training loop page-faults its activation buffers in again (tens of thousands of
-faults per step on `small`, a tenth of the step's CPU time spent in the kernel). With mmap off
+faults per step on `small`; `bench/bench_sparse_step.py` counts them). With mmap off
 and the heap never trimmed, a freed buffer is reused by the next step's allocation of the same
 size. The process keeps its peak memory for its lifetime, as a caching allocator does.
 """

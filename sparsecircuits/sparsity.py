@@ -273,6 +273,7 @@ class WeightSparsifier:
             p = t.param
             if fused and p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous():
                 fused(p, k, self._floor(t), t.floor_axis)
+                torch.autograd.graph.increment_version(p)  # written in place, as masked_fill_ would
             else:
                 p.masked_fill_(~self.mask(t, k, select or topk_mask), 0.0)
 

@@ -218,3 +218,13 @@ def test_fused_cpu_projection_matches_the_tensor_path_exactly():
             else:
                 need = (w != 0).sum(dim=axis).clamp_max(min(4, w.shape[axis]))
                 assert bool(((fused != 0).sum(dim=axis) >= need).all())
+
+
+def test_projection_invalidates_a_graph_that_saved_the_weights():
+    # The fused kernel writes the weights in place; autograd must see it, as with masked_fill_.
+    w = torch.nn.Parameter(torch.randn(96, 40))
+    x = torch.randn(8, 96, requires_grad=True)
+    loss = (x @ w).square().sum()  # saves w for the gradient of x
+    sparsifier(w, axis=1, density=0.1).project(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
