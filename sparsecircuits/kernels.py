@@ -14,6 +14,8 @@ selection and zeroes the rest in place (see `_project`).
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import numba
 import torch
@@ -74,6 +76,10 @@ def _kernel(xb, k, out, mask):
 
 
 def _compile(fn, parallel: bool):
+    if not parallel:  # its own name, so its own on-disk cache entry: numba's cache index does not
+        # tell a parallel and a serial build of one function apart, and would load either for both
+        fn = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial")
+        fn.__qualname__ = fn.__name__
     # fastmath lets the float32 count reductions vectorise; every other value is an integer.
     options = dict(parallel=parallel, nogil=True, boundscheck=False, fastmath=True)
     try:
