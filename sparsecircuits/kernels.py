@@ -8,12 +8,12 @@ float orders as its bit pattern read as an int, so 31 counting passes over the r
 exactly, and they stop as soon as exactly k entries lie at or above the candidate), and the
 kept entries and the 0/1 mask are written out.
 
+Projection: one call per tensor marks each neuron's floor, finds the k-th largest |w| by radix
+selection and zeroes the rest in place (see `_project`).
+
 Both run on the calling thread. Inside a training step, torch's OpenMP workers keep spinning on
 the other cores between torch operations, and a second numba thread competing with them made
 the step slower, not faster (docs/RESULTS.md); no thread pool is ever started here.
-
-Projection: one call per tensor marks each neuron's floor, finds the k-th largest |w| by radix
-selection and zeroes the rest in place (see `_project`).
 """
 
 from __future__ import annotations
