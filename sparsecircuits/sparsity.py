@@ -137,23 +137,23 @@ def _abstopk_torch(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @functools.cache
+def _kernels():
+    """The fused CPU kernels module (numba, compiled on first use), or None without numba."""
+    try:
+        from . import kernels
+    except ImportError:
+        return None
+    return kernels
+
+
 def _cpu_projection():
-    """The fused CPU weight projection (numba), or None without numba."""
-    try:
-        from .kernels import project_cpu
-    except ImportError:
-        return None
-    return project_cpu
+    """The fused CPU weight projection, or None without numba."""
+    return _kernels() and _kernels().project_cpu
 
 
-@functools.cache
 def _cpu_kernel():
-    """The fused CPU AbsTopK (numba, compiled on first use), or None without numba."""
-    try:
-        from .kernels import abstopk_cpu
-    except ImportError:
-        return None
-    return abstopk_cpu
+    """The fused CPU AbsTopK, or None without numba."""
+    return _kernels() and _kernels().abstopk_cpu
 
 
 def _np_partition_nonneg(a: np.ndarray, kth: int) -> np.ndarray:

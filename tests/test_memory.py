@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(mode):
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True,
                          env=env, check=True).stdout.split()
     return out[0] == "True", int(out[1])
