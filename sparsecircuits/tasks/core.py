@@ -28,7 +28,11 @@ from dataclasses import dataclass, field, replace
 
 from ..errors import UserError, closest
 
-SPLITS = ("train", "test")
+# Three disjoint splits of every generator's words and templates: masks train on "train", the
+# bisection judges circuits on "val", and every reported figure uses "test", which pruning
+# never sees. "test" is the same half of each list it always was; "train" and "val" divide the
+# other half.
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,8 @@ class Task:
         """n distinct pairs of the split; the same n, split and seed give the same pairs. With
         `at_most`, as many as the task can make up to n, rather than an error."""
         if split not in SPLITS:
-            raise UserError(f"unknown split '{split}'{closest(split, SPLITS)}; use train or test.")
+            raise UserError(f"unknown split '{split}'{closest(split, SPLITS)}; use one of "
+                            f"{', '.join(SPLITS)}.")
         if n < 1:
             raise UserError(f"asked for {n} pairs of task '{self.name}'; ask for at least 1.")
         rng = random.Random(f"{self.rng_key or self.name}/{split}/{seed}")
@@ -133,25 +138,37 @@ def constant(task: Task) -> Task:
 # ----------------------------------------------------------------------------- split helpers
 
 def split_half(items: Sequence[str], split: str, salt: str = "") -> list[str]:
-    """A deterministic, disjoint train/test half of `items`: ranked by a salted hash, alternate
-    items go to train and test, so both halves are non-empty from two items on.
+    """The deterministic share of `items` that belongs to `split`: ranked by a salted hash,
+    alternate items go to test and to the rest, and the rest alternates between train and val.
+    All three are disjoint from four items on; with two or three, train and val share the one
+    item the test half leaves (a generator draws from several lists, so its pairs still
+    differ), and test is never shared.
 
     Held-out generalisation is measured on values a circuit never saw during pruning.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     ranked = sorted(dict.fromkeys(items), key=lambda x: hashlib.sha256(f"{salt}/{x}".encode()).digest())
-    chosen = ranked[split == "test"::2]
+    if split == "test":
+        chosen = ranked[1::2]
+    else:
+        rest = ranked[0::2]
+        chosen = rest if len(rest) < 2 else rest[split == "val"::2]
     if not chosen:
         raise ValueError(f"split_half left the {split} split empty for {list(items)!r}")
     return chosen
 
 
-def by_split(train: Sequence, test: Sequence, split: str) -> list:
-    """The list (of templates or values) that belongs to `split`."""
+def split_in_order(items: Sequence, split: str) -> list:
+    """`split_half` by position instead of by hash (for templates, whose order the author
+    chose): odd positions are test, even ones alternate between train and val."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
-    return list(train if split == "train" else test)
+    items = list(items)
+    if split == "test":
+        return items[1::2]
+    rest = items[0::2]
+    return rest if len(rest) < 2 else rest[split == "val"::2]
 
 
 # ----------------------------------------------------------------------------- tokens

@@ -14,8 +14,9 @@
     var = ["config", "table", "lookup", "index"]
     key = ["alpha", "beta", "gamma", "delta", "size"]
 
-With `split = "slots"` each slot's values are divided into disjoint train and test halves; with
-`split = "templates"`, even-numbered templates are train and odd ones test. Every mistake is
+With `split = "slots"` each slot's values are divided into disjoint train, val and test shares
+(`tasks.core.split_half`); with `split = "templates"`, odd-numbered templates are test and the
+even ones alternate between train and val (shared when there are only two). Every mistake is
 reported with the file, the line and what to change.
 """
 
@@ -28,7 +29,7 @@ import tomllib
 from pathlib import Path
 
 from ..errors import UserError, closest
-from .core import Pair, Task, split_half
+from .core import Pair, Task, split_half, split_in_order
 
 KEYS = ("name", "description", "target", "alt", "split", "templates", "slots")
 TEMPLATE_KEYS = ("clean", "corrupt")
@@ -91,7 +92,8 @@ def load_task_file(path: str | Path) -> Task:
                     fail(key, f"{where} uses slot '{{{field_name}}}' but [slots] has no "
                               f"'{field_name}'{closest(field_name, slots)}.")
     if split_mode == "templates" and len(templates) < 2:
-        fail("split", 'split = "templates" needs at least 2 templates (even: train, odd: test).')
+        fail("split", 'split = "templates" needs at least 2 templates (odd-numbered: test, '
+                      'even-numbered: train and val).')
     if split_mode == "slots":
         for slot, values in slots.items():
             if len(set(values)) < 2:
@@ -99,7 +101,7 @@ def load_task_file(path: str | Path) -> Task:
                            "train and test.")
 
     def make(rng: random.Random, split: str) -> Pair:
-        pool = templates if split_mode == "slots" else templates[split == "test"::2]
+        pool = templates if split_mode == "slots" else split_in_order(templates, split)
         tpl = rng.choice(pool)
         values = {s: rng.choice(split_half(v, split, f"{name}/{s}") if split_mode == "slots" else v)
                   for s, v in slots.items()}
