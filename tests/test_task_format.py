@@ -11,7 +11,7 @@ from sparsecircuits.config import ModelConfig
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import GPT
 from sparsecircuits.tasks import (Pair, Task, answer_ids, constant, get_task, get_tasks,
-                                  inverted, load_task_file, task_metrics)
+                                  inverted, is_natural, load_task_file, task_metrics)
 from sparsecircuits.tasks.core import differ_in_one_span
 from sparsecircuits.tasks.metrics import score_pairs
 from sparsecircuits.tokenizer import load_tokenizer
@@ -94,6 +94,35 @@ def test_answers_must_be_distinct_single_tokens(tok):
     with pytest.raises(UserError, match="two distinct single tokens"):
         answer_ids(tok, "toy", " =", " =")
     assert answer_ids(tok, "toy", "]]\n", "]\n")[0] != answer_ids(tok, "toy", "]]\n", "]\n")[1]
+
+
+def test_split_answers_get_a_prompt_ending_that_fixes_them(tok):
+    # the pre-tokenizer splits a space off a digit: ' 0' is ' ' then '0'
+    with pytest.raises(UserError) as e:
+        answer_ids(tok, "toy", " 0", " 1")
+    msg = str(e.value)
+    assert msg.startswith("task 'toy': answers ' 0' and ' 1'")
+    assert "answer ' 0' is split into [' ', '0']" in msg
+    assert "end the prompts with ' ' and use the answers '0' and '1'" in msg
+    # the suggestion is true: the new answers are single tokens, the very ones that follow
+    # a prompt ending in ' ' in running code
+    answer_ids(tok, "toy", "0", "1")
+    assert is_natural(tok, "x = ", "0", "\n") and is_natural(tok, "x = ", "1", "\n")
+
+
+def test_split_answers_without_a_prompt_fix_name_the_candidate_tokens(tok):
+    # ' =' is one token, so moving ' ' into the prompts would break it: no ending is offered
+    with pytest.raises(UserError) as e:
+        answer_ids(tok, "toy", " 0", " =")
+    msg = str(e.value)
+    assert "end the prompts" not in msg
+    assert "[' ', '0']" in msg and "single token" in msg and "no token starts with ' 0'" in msg
+    # a prefix of real tokens: those tokens are the candidates
+    with pytest.raises(UserError) as e:
+        answer_ids(tok, "toy", ".ad", " +=")
+    msg = str(e.value)
+    assert "['.', 'ad']" in msg and "tokens that start with '.ad': '.add'" in msg
+    assert "end the prompts" not in msg and "train the tokenizer" not in msg
 
 
 def test_unknown_task_names_the_closest():
