@@ -226,8 +226,10 @@ def test_show_flags_answers_that_are_not_single_tokens(tmp_path, tok, model):
 def test_show_flags_an_answer_the_model_only_sees_inside_a_longer_token(tmp_path, tok, model):
     task = _task_file(tmp_path, ".", " +=", "{var} = set()\n{var}", "{var} = 0\n{var}")
     add = tok.token_to_id(".add")
-    # make '.add' the model's next token everywhere, through its one forward pass
-    push = lambda name, x: x + 1e3 * model.lm_head.weight[add] if name.endswith("mlp.out") else x  # noqa: E731
+
+    def push(name, x):  # make '.add' the model's next token everywhere, in its one forward pass
+        return x + 1e3 * model.lm_head.weight[add] if name.endswith("mlp.out") else x
+
     with model.hooks(push):
         prompts = [p.clean for p in task.pairs(2)] + [p.corrupt for p in task.pairs(2)]
         assert (last_logits(model, tok, prompts).argmax(-1) == add).all()
