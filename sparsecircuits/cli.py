@@ -75,16 +75,14 @@ def cmd_tasks_list(a):
 def cmd_tasks_show(a):
     from .tasks import get_task
     from .tasks.show import show_pairs
-    tok = _tokenizer_for(a.run)
-    print(show_pairs(get_task(a.name), tok, n=a.n, split=a.split, seed=a.seed))
-
-
-def _tokenizer_for(run):
-    if run:
+    task = get_task(a.name)
+    if a.run:
         from .checkpoint import load
-        return load(run)[1]
-    from .corpus import open_corpus
-    return open_corpus(None).tokenizer
+        model, tok = load(a.run)
+    else:
+        from .corpus import open_corpus
+        model, tok = None, open_corpus(None).tokenizer
+    print(show_pairs(task, tok, n=a.n, split=a.split, seed=a.seed, model=model))
 
 
 def cmd_presets(a):
@@ -220,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--split", default="test", choices=["train", "test"])
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--run", metavar="RUN_DIR", help="use this run's tokenizer (default: the "
-                    "default corpus's)")
+                    "default corpus's) and flag answers its model never predicts")
     ts.set_defaults(fn=cmd_tasks_show)
 
     pr = sub.add_parser("presets", help="list the named configs")

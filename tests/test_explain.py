@@ -76,14 +76,70 @@ def test_trace_names_the_nodes_that_decide_the_answer(planted_circuit, capsys):
         # every node of the path moves the answer the same way the model goes
         sign = 1 if t["logit_diff"] > 0 else -1
         assert all(sign * n["contribution"] > 0 for n in t["nodes"])
+        # the deciding word is the last token, so the whole path is active there
+        assert all(n["fired"] and n["fired_last"] for n in t["nodes"][:3])
+        # calibrated = scale * uncalibrated, both carried
+        assert t["calibration_scale"] == c.calibration["scale"]
+        assert t["circuit_logit_diff"] == pytest.approx(
+            c.calibration["scale"] * t["circuit_logit_diff_uncalibrated"], abs=1e-3)
     code, out, _ = run_cli(capsys, "trace", str(run), "--circuit", str(circuit), "--prompt",
                            pair.clean)
     assert "model's top next tokens" in out and "blocks.0.mlp.neuron[0]" in out
+    assert "uncalibrated" in out and "calibrated (scale" in out and "at last" in out
     from sparsecircuits.explain import trace
     t = trace(run, circuit, pair.clean, log=None)
     assert "<table>" in t._repr_html_() and "blocks.0.mlp.out[1]" in t._repr_html_()
     assert_one_line_error(*run_cli(capsys, "trace", str(run), "--circuit", str(circuit),
                                    "--prompt", "")[::2], "--prompt is empty")
+
+
+def test_trace_tells_firing_at_the_last_token_from_firing_anywhere(planted_circuit):
+    run, _, circuit = planted_circuit
+    from sparsecircuits.explain import trace
+    from sparsecircuits.tasks import get_task
+    pair = get_task(Circuit.load(circuit).provenance["task"]).pairs(1, "test")[0]
+    # one more filler word after the deciding word: mlp.in[0] reads only the deciding word
+    # (its channel is zero in every filler's embedding), so it fired, but not at the last token
+    t = trace(run, circuit, pair.clean + " " + pair.clean.split()[0], log=None)
+    node = {n["id"]: n for n in t.to_dict()["nodes"]}["blocks.0.mlp.in[0]"]
+    assert node["fired"] and not node["fired_last"] and node["act_last"] == 0
+    row = next(ln for ln in t.format().splitlines() if "blocks.0.mlp.in[0]" in ln)
+    assert row.split()[1:3] == ["yes", "no"]
+    html = t._repr_html_()
+    assert "fired at last token" in html and "fired anywhere" in html
+
+
+def test_trace_applies_the_scale_only_and_says_when_it_is_large(planted_circuit, tmp_path,
+                                                               capsys):
+    run, _, circuit = planted_circuit
+    d = json.loads(circuit.read_text())
+    d["calibration"] = {"scale": 14.2, "shift": 5.0}   # a legacy shift is ignored
+    faint = tmp_path / "faint.json"
+    faint.write_text(json.dumps(d))
+    from sparsecircuits.tasks import get_task
+    pair = get_task(d["provenance"]["task"]).pairs(1, "test")[0]
+    code, out, err = run_cli(capsys, "trace", str(run), "--circuit", str(faint), "--prompt",
+                             pair.clean, "--json")
+    assert code == 0, err
+    t = json.loads(out)
+    assert t["calibration_scale"] == 14.2 and t["faint"]
+    assert t["circuit_logit_diff"] == pytest.approx(14.2 * t["circuit_logit_diff_uncalibrated"],
+                                                    abs=1e-3)
+    code, out, err = run_cli(capsys, "trace", str(run), "--circuit", str(faint), "--prompt",
+                             pair.clean)
+    assert code == 0, err
+    assert ("the circuit's logits are scaled by 14.2x to be calibrated: its own signal is faint"
+            in out)
+    assert f"{t['circuit_logit_diff_uncalibrated']:+.3f} uncalibrated" in out
+    assert f"{t['circuit_logit_diff']:+.3f} calibrated" in out
+    assert "shift" not in out
+    from sparsecircuits.explain import trace
+    assert "its own signal is faint" in trace(run, faint, pair.clean, log=None)._repr_html_()
+    d["calibration"] = {"scale": 2.0}
+    faint.write_text(json.dumps(d))
+    code, out, _ = run_cli(capsys, "trace", str(run), "--circuit", str(faint), "--prompt",
+                           pair.clean)
+    assert code == 0 and "faint" not in out
 
 
 def test_notebook_displays(planted_circuit):

@@ -1,5 +1,6 @@
 """The task format: loss by hand, controls, answer checks, user task files, the CLI."""
 
+import json
 import math
 import textwrap
 
@@ -11,9 +12,10 @@ from sparsecircuits.config import ModelConfig
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import GPT
 from sparsecircuits.tasks import (Pair, Task, answer_ids, constant, get_task, get_tasks,
-                                  inverted, load_task_file, task_metrics)
+                                  inverted, is_natural, load_task_file, task_metrics)
 from sparsecircuits.tasks.core import differ_in_one_span
-from sparsecircuits.tasks.metrics import score_pairs
+from sparsecircuits.tasks.metrics import last_logits, score_pairs
+from sparsecircuits.tasks.show import show_pairs
 from sparsecircuits.tokenizer import load_tokenizer
 from sparsecircuits.train import train
 
@@ -96,6 +98,35 @@ def test_answers_must_be_distinct_single_tokens(tok):
     assert answer_ids(tok, "toy", "]]\n", "]\n")[0] != answer_ids(tok, "toy", "]]\n", "]\n")[1]
 
 
+def test_split_answers_get_a_prompt_ending_that_fixes_them(tok):
+    # the pre-tokenizer splits a space off a digit: ' 0' is ' ' then '0'
+    with pytest.raises(UserError) as e:
+        answer_ids(tok, "toy", " 0", " 1")
+    msg = str(e.value)
+    assert msg.startswith("task 'toy': answers ' 0' and ' 1'")
+    assert "answer ' 0' is split into [' ', '0']" in msg
+    assert "end the prompts with ' ' and use the answers '0' and '1'" in msg
+    # the suggestion is true: the new answers are single tokens, the very ones that follow
+    # a prompt ending in ' ' in running code
+    answer_ids(tok, "toy", "0", "1")
+    assert is_natural(tok, "x = ", "0", "\n") and is_natural(tok, "x = ", "1", "\n")
+
+
+def test_split_answers_without_a_prompt_fix_name_the_candidate_tokens(tok):
+    # ' =' is one token, so moving ' ' into the prompts would break it: no ending is offered
+    with pytest.raises(UserError) as e:
+        answer_ids(tok, "toy", " 0", " =")
+    msg = str(e.value)
+    assert "end the prompts" not in msg
+    assert "[' ', '0']" in msg and "single token" in msg and "no token starts with ' 0'" in msg
+    # a prefix of real tokens: those tokens are the candidates
+    with pytest.raises(UserError) as e:
+        answer_ids(tok, "toy", ".ad", " +=")
+    msg = str(e.value)
+    assert "['.', 'ad']" in msg and "tokens that start with '.ad': '.add'" in msg
+    assert "end the prompts" not in msg and "train the tokenizer" not in msg
+
+
 def test_unknown_task_names_the_closest():
     with pytest.raises(UserError, match="unknown task 'bracket_countin'.*'bracket_counting'"):
         get_task("bracket_countin")
@@ -162,6 +193,60 @@ def test_malformed_user_task_files_name_the_line(tmp_path, edit, message):
         load_task_file(path)
 
 
+def _task_file(tmp_path, target, alt, clean, corrupt, var=("items", "seen", "names", "keys")):
+    path = tmp_path / "t.toml"
+    q = json.dumps  # a JSON string is a TOML basic string, escapes included
+    path.write_text(textwrap.dedent(f'''\
+        name = "toy_file"
+        target = {q(target)}
+        alt = {q(alt)}
+        [[templates]]
+        clean = {q(clean)}
+        corrupt = {q(corrupt)}
+        [slots]
+        var = {q(list(var))}
+        '''))
+    return load_task_file(path)
+
+
+def test_show_flags_answers_that_are_not_single_tokens(tmp_path, tok, model):
+    task = _task_file(tmp_path, " 0", " 1", "{var} = [\n{var}[0] =", "{var} = (\n{var}[1] =")
+    for m in (None, model):  # with a model too: flagged, not scored
+        out = show_pairs(task, tok, n=2, model=m)
+        answer_lines = [ln for ln in out.splitlines() if ln.startswith("[")]
+        assert len(answer_lines) == 4
+        for ln in answer_lines:
+            assert "NOT A SINGLE TOKEN" in ln and "[' ', '0']" in ln, ln
+            assert "end the prompts with ' ' and use the answers '0' and '1'" in ln, ln
+        assert "warning: 4 of 4 answers are not single tokens" in out
+    fine = show_pairs(_task_file(tmp_path, "0", "1", "{var}[", "{var}.x["), tok, n=2)
+    assert "NOT A SINGLE TOKEN" not in fine and "warning" not in fine
+
+
+def test_show_flags_an_answer_the_model_only_sees_inside_a_longer_token(tmp_path, tok, model):
+    task = _task_file(tmp_path, ".", " +=", "{var} = set()\n{var}", "{var} = 0\n{var}")
+    add = tok.token_to_id(".add")
+
+    def push(name, x):  # make '.add' the model's next token everywhere, in its one forward pass
+        return x + 1e3 * model.lm_head.weight[add] if name.endswith("mlp.out") else x
+
+    with model.hooks(push):
+        prompts = [p.clean for p in task.pairs(2)] + [p.corrupt for p in task.pairs(2)]
+        assert (last_logits(model, tok, prompts).argmax(-1) == add).all()
+        out = show_pairs(task, tok, n=2, model=model)
+    clean = [ln for ln in out.splitlines() if ln.startswith("[clean]")]
+    corrupt = [ln for ln in out.splitlines() if ln.startswith("[corrupt]")]
+    assert len(clean) == len(corrupt) == 2
+    for ln in clean:   # the answer '.' is a prefix of what the model predicts
+        assert "the model's top next token here is '.add'" in ln, ln
+        assert "use the answer '.add'" in ln, ln
+    for ln in corrupt:  # ' +=' is not: the model is wrong there, which is not this flag
+        assert "<-" not in ln, ln
+    assert "warning: on 2 of 4 prompts the model's top next token is a longer token" in out
+    # without the push, the untrained model predicts no such token
+    assert "top next token" not in show_pairs(task, tok, n=2, model=model)
+
+
 def test_task_cli(corpus_dir, tmp_path, capsys):
     run = train(tiny_config(corpus_dir, train=dict(max_steps=3)), tmp_path / "run", log=quiet)
     path = tmp_path / "t.toml"
@@ -169,6 +254,13 @@ def test_task_cli(corpus_dir, tmp_path, capsys):
     assert main(["tasks", "show", str(path), "--n", "2", "--run", str(run)]) == 0
     out = capsys.readouterr().out
     assert "pair 2" in out and "':'" in out and "token [" in out
+    # answers that are not single tokens are flagged with the run's model loaded, not scored
+    split = tmp_path / "split"
+    split.mkdir()
+    _task_file(split, " 0", " 1", "{var}[0] =", "{var}[1] =")
+    assert main(["tasks", "show", str(split / "t.toml"), "--n", "1", "--run", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "NOT A SINGLE TOKEN" in out and "end the prompts with ' '" in out
     assert main(["eval", str(run), "--tasks", str(path), "bracket_counting", "--n", "4"]) == 0
     out = capsys.readouterr().out
     assert "dict_or_list" in out and "bracket_counting" in out and "target" in out

@@ -23,53 +23,85 @@ from ..tasks.metrics import encode_prompts
 from .gather import circuit_task, circuit_values
 
 
+# Above this calibration scale most of the circuit's calibrated logit difference is the
+# calibration's, not the circuit's: the circuit points the right way, but only weakly.
+FAINT_SCALE = 10.0
+
+
 @dataclass
 class Trace:
     prompt: str
     answers: tuple[str, str]              # (A, B): the two answers compared
     top: list[tuple[str, float]]          # the model's top next tokens and probabilities
     logit_diff: float                     # full model, z[A] - z[B]
-    circuit_logit_diff: float             # the circuit alone (calibrated)
+    circuit_logit_diff: float             # the circuit alone, calibrated: scale * uncalibrated
+    circuit_logit_diff_uncalibrated: float  # the circuit alone, its own logits
+    calibration_scale: float              # what the circuit's logits are multiplied by
     nodes: list[dict] = field(default_factory=list)  # per circuit node, by |contribution|
 
     @property
     def answer(self) -> str:
         return self.answers[0] if self.logit_diff > 0 else self.answers[1]
 
+    @property
+    def faint(self) -> bool:
+        return self.calibration_scale > FAINT_SCALE
+
+    def _circuit_words(self, more: str = "") -> str:
+        return (f"circuit alone {self.circuit_logit_diff_uncalibrated:+.3f} uncalibrated, "
+                f"{self.circuit_logit_diff:+.3f} calibrated (scale {self.calibration_scale:.3g}"
+                f"{more})")
+
+    def _faint_words(self) -> str:
+        return (f"the circuit's logits are scaled by {self.calibration_scale:.1f}x to be "
+                "calibrated: its own signal is faint.")
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "answer": self.answer}
+        return {**asdict(self), "answer": self.answer, "faint": self.faint}
 
     def _repr_html_(self) -> str:
         from ..doc import Doc
         a, b = self.answers
         doc = Doc().p(f"{self.prompt!r}: the model answers {self.answer!r} "
-                      f"(z[{a!r}] - z[{b!r}] = {self.logit_diff:+.3f}; circuit alone "
-                      f"{self.circuit_logit_diff:+.3f})")
-        return doc.table(["node", "fired", "activation (last token)", "contribution in model",
-                          "in circuit"],
-                         [[n["id"], "yes" if n["fired"] else "no", n["act_last"],
+                      f"(z[{a!r}] - z[{b!r}] = {self.logit_diff:+.3f}; {self._circuit_words()})")
+        if self.faint:
+            doc.p(self._faint_words())
+        return doc.table(["node", "fired anywhere", "fired at last token",
+                          "activation (last token)", "contribution in model",
+                          "in circuit (calibrated)"],
+                         [[n["id"], "yes" if n["fired"] else "no",
+                           "yes" if n["fired_last"] else "no", n["act_last"],
                            n["contribution"], n["circuit_contribution"]]
                           for n in self.nodes]).html_body()
 
     def format(self, limit: int = 25) -> str:
         a, b = self.answers
+        circ = a if self.circuit_logit_diff > 0 else b
         lines = [
             f"prompt: {self.prompt!r}",
             "model's top next tokens: " + ", ".join(f"{t!r} {p:.1%}" for t, p in self.top),
             f"z[{a!r}] - z[{b!r}]: model {self.logit_diff:+.3f} (answers {self.answer!r}), "
-            f"circuit alone {self.circuit_logit_diff:+.3f} "
-            f"(answers {a if self.circuit_logit_diff > 0 else b!r})",
-            "",
-            f"  {'node':<28} {'fired':>5} {'act (last)':>11} {'in model':>9} {'in circuit':>10}",
+            f"{self._circuit_words(f'; answers {circ!r}')}",
         ]
+        if self.faint:
+            lines.append(self._faint_words())
+        lines += [
+            "",
+            f"  {'node':<28} {'fired':>8} {'at last':>7} {'act (last)':>11} {'in model':>9} "
+            f"{'in circuit':>10}",
+            f"  {'':<28} {'anywhere':>8} {'token':>7} {'':>11} {'':>9} {'calibrated':>10}",
+        ]
+        yes = lambda v: "yes" if v else "no"  # noqa: E731
         for n in self.nodes[:limit]:
-            lines.append(f"  {n['id']:<28} {'yes' if n['fired'] else 'no':>5} {n['act_last']:>11.3f} "
-                         f"{n['contribution']:>+9.3f} {n['circuit_contribution']:>+10.3f}")
+            lines.append(f"  {n['id']:<28} {yes(n['fired']):>8} {yes(n['fired_last']):>7} "
+                         f"{n['act_last']:>11.3f} {n['contribution']:>+9.3f} "
+                         f"{n['circuit_contribution']:>+10.3f}")
         if len(self.nodes) > limit:
             lines.append(f"  ... {len(self.nodes) - limit} more nodes (see --json)")
         lines.append("")
         lines.append("contribution = d(full) - d(node ablated): positive pushes toward "
-                     f"{a!r}, negative toward {b!r}.")
+                     f"{a!r}, negative toward {b!r}. \"at last token\": the node is nonzero at "
+                     "the prompt's last token, the position whose next token is traced.")
         return "\n".join(lines)
 
 
@@ -87,7 +119,9 @@ def trace_prompt(circuit: Circuit, model, tok, stats: PretrainingStats, prompt: 
     layout = NodeLayout(model)
     values = circuit_values(circuit, model, tok, stats)
     keep = circuit.keep_vector(model).float()
-    cal = circuit.calibration
+    # calibration is a scale on the circuit's logits; a "shift" left in older circuit files is
+    # a fixed bias toward one answer, nothing the circuit computes, so it is not applied
+    scale = float(circuit.calibration.get("scale", 1.0))
 
     def diff(mask_vec=None):
         hooks = [mask_hook(layout.split(mask_vec), values)] if mask_vec is not None else []
@@ -110,12 +144,12 @@ def trace_prompt(circuit: Circuit, model, tok, stats: PretrainingStats, prompt: 
         k2[i] = 0
         _, d_c = diff(k2)
         a = cache[node.site][0, :, node.index]
-        nodes.append(dict(id=str(node), fired=bool((a != 0).any()), act_last=round(float(a[-1]), 4),
-                          contribution=round(d_full - d_wo, 4),
-                          circuit_contribution=round(cal["scale"] * (d_circ - d_c), 4)))
+        nodes.append(dict(id=str(node), fired=bool((a != 0).any()), fired_last=bool(a[-1] != 0),
+                          act_last=round(float(a[-1]), 4), contribution=round(d_full - d_wo, 4),
+                          circuit_contribution=round(scale * (d_circ - d_c), 4)))
     nodes.sort(key=lambda n: -abs(n["contribution"]))
-    return Trace(prompt, tuple(answers), top, round(d_full, 4),
-                 round(cal["scale"] * d_circ + cal["shift"], 4), nodes)
+    return Trace(prompt, tuple(answers), top, round(d_full, 4), round(scale * d_circ, 4),
+                 round(d_circ, 4), scale, nodes)
 
 
 def check_prompt(prompt: str) -> str:

@@ -178,11 +178,73 @@ def answer_ids(tok, task_name: str, target: str, alt: str) -> tuple[int, int]:
     t = tok.encode(target, add_special_tokens=False)
     a = tok.encode(alt, add_special_tokens=False)
     if len(t.ids) != 1 or len(a.ids) != 1 or t.ids == a.ids:
-        raise UserError(
-            f"task '{task_name}': answers {target!r} and {alt!r} must be two distinct single "
-            f"tokens, but the tokenizer splits them as {t.tokens} and {a.tokens}; choose "
-            "answers that are single tokens, or train the tokenizer with them reserved.")
+        problem = answer_problem(tok, (target, alt)) or (
+            f"both are the one token {pieces(tok, target)}; choose two answers that differ")
+        raise UserError(f"task '{task_name}': answers {target!r} and {alt!r} must be two "
+                        f"distinct single tokens, but {problem}.")
     return t.ids[0], a.ids[0]
+
+
+def pieces(tok, text: str) -> list[str]:
+    """The text of each token the tokenizer makes of `text` (not the byte-level names)."""
+    return [tok.decode([i]) for i in tok.encode(text, add_special_tokens=False).ids]
+
+
+def answer_problem(tok, answers: Sequence[str]) -> str | None:
+    """Why `answers` are not all single tokens and what to change, in words; None if they are.
+
+    The usual cause is a leading piece the pre-tokenizer splits off (`' 0'` is `' '` then
+    `'0'`). When every answer is such a prefix shared by all of them plus one token, moving the
+    prefix into the prompts makes each answer a single token, and the very token the tokenizer
+    emits after that prefix in running text, so that is the fix offered. Otherwise no prompt
+    ending helps, and the tokens that begin with the answer are the candidates.
+    """
+    split = [a for a in answers if len(tok.encode(a, add_special_tokens=False).ids) != 1]
+    if not split:
+        return None
+    said = "; ".join(f"answer {a!r} is split into {pieces(tok, a)}" if a else "an answer is empty"
+                     for a in split)
+    prefix = _movable_prefix(tok, answers)
+    if prefix is not None:
+        rest = [a[len(prefix):] for a in answers]
+        word = "answer" if len(rest) == 1 else "answers"
+        return (f"{said}; end the prompts with {prefix!r} and use the {word} "
+                + " and ".join(repr(r) for r in rest))
+    hints = []
+    for a in filter(None, split):
+        cands = tokens_starting_with(tok, a)
+        hints.append(f"tokens that start with {a!r}: {', '.join(map(repr, cands))}" if cands
+                     else f"no token starts with {a!r}")
+    return f"{said}; choose answers that are single tokens" + (
+        f" ({'; '.join(hints)})" if hints else "")
+
+
+def _movable_prefix(tok, answers: Sequence[str]) -> str | None:
+    """The text p such that every answer is p + one token and the tokenizer, given p + that
+    token, makes the tokens of p and then that very token; None if there is no such p."""
+    first = tok.encode(answers[0], add_special_tokens=False)
+    if len(first.ids) < 2:
+        return None
+    prefix = answers[0][:first.offsets[-1][0]]
+    if not prefix:
+        return None
+    head = tok.encode(prefix, add_special_tokens=False).ids
+    rests = []
+    for a in answers:
+        if not a.startswith(prefix) or len(a) == len(prefix):
+            return None
+        rest = tok.encode(a[len(prefix):], add_special_tokens=False).ids
+        if len(rest) != 1 or tok.encode(a, add_special_tokens=False).ids != head + rest:
+            return None
+        rests.append(rest[0])
+    return prefix if len(set(rests)) == len(rests) else None
+
+
+def tokens_starting_with(tok, text: str, limit: int = 8) -> list[str]:
+    """The tokenizer's tokens whose text begins with `text`, shortest first (at most `limit`)."""
+    every = tok.decode_batch([[i] for i in range(tok.get_vocab_size())])
+    found = {s for s in every if s.startswith(text)}
+    return sorted(found, key=lambda s: (len(s), s))[:limit]
 
 
 def is_natural(tok, prompt: str, answer: str, rest: str) -> bool:
