@@ -1,7 +1,7 @@
 """Pruning time and circuit size on a trained model: one default run vs the built-in search,
 side by side in one process.
 
-    python bench/bench_prune.py RUN_DIR [--task single_double_quote] [--budget 3]
+    python bench/bench_prune.py RUN_DIR [--task single_double_quote] [--budget 8]
 
 Prints, for `--budget 1` (the paper's Table-2 centres, one run) and for the default search,
 the wall time (node statistics cached first, as after a model's first pruning), the circuit's
@@ -18,13 +18,14 @@ import time
 import torch
 
 from sparsecircuits.circuits import PretrainingStats, PruneConfig, find_circuit, open_run
+from sparsecircuits.circuits.search import DEFAULT_BUDGET
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
     ap.add_argument("--task", default="single_double_quote")
-    ap.add_argument("--budget", type=int, default=3)
+    ap.add_argument("--budget", type=int, default=DEFAULT_BUDGET)
     a = ap.parse_args()
     model, tok, corpus = open_run(a.run_dir)
     stats = PretrainingStats.cached(model, corpus)

@@ -99,11 +99,14 @@ def cmd_presets(a):
 
 def cmd_prune(a):
     from .circuits import prune
-    c = prune(a.run_dir, a.task, a.out, budget=a.budget, jobs=a.jobs, target_loss=a.target_loss,
-              ablation=a.ablation, freeze_norm=a.freeze_norm, seed=a.seed, steps=a.steps)
+    settings = dict(target_loss=a.target_loss, ablation=a.ablation, freeze_norm=a.freeze_norm,
+                    seed=a.seed)
+    if a.steps is not None:
+        settings["steps"] = a.steps
+    c = prune(a.run_dir, a.task, a.out, budget=a.budget, jobs=a.jobs, log=_log_now, **settings)
     search = c.provenance["search"]
-    print(f"\n{c.summary()} (before calibration {c.loss_uncalibrated:.3f}; scale "
-          f"{c.calibration['scale']:.2f}, shift {c.calibration['shift']:.2f})")
+    print(f"\n{c.summary()}; calibration scale {c.calibration['scale']:.2f} (bound "
+          f"{c.calibration['bound']:.2f})")
     print(f"best of {len(search['trials'])} pruning runs, {c.provenance['seconds']:.0f} s; "
           f"wrote {a.out}")
 
@@ -168,6 +171,10 @@ def cmd_demo(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .circuits.ablation import ABLATIONS
+    from .circuits.pruning import PruneConfig
+    from .circuits.search import DEFAULT_BUDGET
+    from .tasks.metrics import TARGET_LOSS
     p = argparse.ArgumentParser(prog="sparsecircuits", description=(
         "Train weight-sparse transformers on Python code and inspect them."))
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -204,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: per-task loss and accuracy; 'all', names, NAME:inverted, "
                         "NAME:constant or .toml files")
     e.add_argument("--n", type=int, default=64, help="pairs per task (with --tasks)")
-    e.add_argument("--split", default="test", choices=["train", "test"])
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(fn=cmd_eval)
 
@@ -215,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts = tsub.add_parser("show", help="print a task's pairs with their answer tokens")
     ts.add_argument("name", metavar="TASK", help="a task name, NAME:inverted, or a .toml file")
     ts.add_argument("--n", type=int, default=5)
-    ts.add_argument("--split", default="test", choices=["train", "test"])
+    ts.add_argument("--split", default="test", choices=["train", "val", "test"])
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--run", metavar="RUN_DIR", help="use this run's tokenizer (default: the "
                     "default corpus's) and flag answers its model never predicts")
@@ -228,17 +235,18 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("run_dir", metavar="RUN_DIR")
     pa.add_argument("--task", required=True, help="a task name, NAME:inverted, or a .toml file")
     pa.add_argument("--out", required=True, metavar="CIRCUIT.json")
-    pa.add_argument("--target-loss", type=float, default=0.15)
-    pa.add_argument("--ablation", default="mean", choices=["mean", "zero", "task-mean"],
+    pa.add_argument("--target-loss", type=float, default=TARGET_LOSS)
+    pa.add_argument("--ablation", default="mean", choices=ABLATIONS,
                     help="what a pruned node is held at (mean: over pretraining tokens)")
     pa.add_argument("--freeze-norm", action="store_true",
                     help="reuse the unpruned pass's RMSNorm scales")
     pa.add_argument("--seed", type=int, default=0)
-    pa.add_argument("--steps", type=int, default=100, help="mask-training steps per run")
-    pa.add_argument("--budget", type=int, default=3,
+    pa.add_argument("--steps", type=int, default=None,
+                    help=f"mask-training steps per run (default {PruneConfig.steps})")
+    pa.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
                     help="pruning runs of the built-in search (1: the paper's centre settings)")
     pa.add_argument("--jobs", type=int, default=None,
-                    help="runs in parallel (default: one per two cores)")
+                    help="runs in parallel (default: one per core)")
     pa.set_defaults(fn=cmd_prune)
 
     va = sub.add_parser("validate", help="causal tests and controls for a circuit")
@@ -286,8 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "loosest target)")
     cp.add_argument("--targets", nargs="+", type=float, metavar="LOSS",
                     default=[0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02])
-    cp.add_argument("--budget", type=int, default=1, help="pruning runs per task and model")
-    cp.add_argument("--steps", type=int, default=100, help="mask-training steps per run")
+    cp.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                    help="pruning runs per task and model (the same search as prune)")
+    cp.add_argument("--steps", type=int, default=PruneConfig.steps,
+                    help="mask-training steps per run")
     cp.add_argument("--jobs", type=int, default=None,
                     help="(task, model) searches run at once, one process each (default: one "
                          "per core)")

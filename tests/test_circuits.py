@@ -9,13 +9,14 @@ import math
 import pytest
 import torch
 
-from sparsecircuits.circuits import (Circuit, NodeLayout, PretrainingStats, PruneConfig,
+from sparsecircuits.circuits import (Ablation, Circuit, NodeLayout, PretrainingStats, PruneConfig,
                                      bisect_smallest, derive_edges, find_circuit, heaviside,
                                      mask_hook, validate)
 from sparsecircuits.circuits.circuit import count_edges
-from sparsecircuits.circuits.pruning import (TaskSplit, bisect_circuit, empty_circuit_loss,
+from sparsecircuits.circuits.pruning import (Judge, TaskSplit, empty_circuit_loss,
                                              resolve_values)
-from sparsecircuits.circuits.taskdata import TaskData, calibrate, logit_diffs, losses
+from sparsecircuits.circuits.search import search
+from sparsecircuits.circuits.taskdata import TaskData, calibrate, logit_diffs, losses, scale_bound
 from sparsecircuits.circuits.validate import random_same_sizes, reinitialised
 from sparsecircuits.config import ModelConfig
 from sparsecircuits.corpus import Corpus
@@ -164,22 +165,31 @@ def test_circuit_bisection_finds_a_subset_when_the_full_set_fails(monkeypatch):
 
     import sparsecircuits.circuits.pruning as pruning
     monkeypatch.setattr(pruning, "logit_diffs", fake_diffs)
-    keep, k, _, _, reached = bisect_circuit(model, data, None, scores,
-                                            PruneConfig(calibrate=False), layout)
-    assert reached and k == 20 and int(keep.sum()) == 20
+    judge = Judge(model, data, None, torch.argsort(-scores), PruneConfig(calibrate=False), layout,
+                  bound=1.0)
+    k = judge.smallest(0.15)
+    assert k == 20 and int(judge.keep(k).sum()) == 20
     assert len(set(calls)) < 25  # a doubling grid and a bisection, not a scan
 
 
-def test_calibration_lowers_the_loss_and_keeps_a_positive_scale():
+def test_calibration_is_a_bounded_temperature():
     g = torch.Generator().manual_seed(0)
     sign = torch.tensor([1.0, -1.0] * 200)
-    d = sign * torch.rand(400, generator=g) * 0.3 + 0.5 + 0.5 * torch.randn(400, generator=g)
-    scale, shift = calibrate(d, sign)
-    assert scale > 0
-    assert losses(d, sign, scale, shift).mean() < losses(d, sign).mean() - 0.01
+    faint = sign * (0.2 + 0.1 * torch.rand(400, generator=g))   # right, but not confident
+    scale = calibrate(faint, sign)
+    assert scale > 5 and losses(faint, sign, scale).mean() < 0.05
+    # the bound holds: a faint signal is never made more confident than the bound allows
+    assert calibrate(faint, sign, max_scale=2.0) == 2.0
+    assert losses(faint, sign, 2.0).mean() > 0.4   # far from the 0.15 a pass needs
     # flipped evidence cannot be un-flipped by a negative temperature
-    s2, _ = calibrate(-sign * 3.0, sign)
+    s2 = calibrate(-sign * 3.0, sign)
     assert s2 > 0 and losses(-sign * 3.0, sign, s2).mean() >= math.log(2) - 1e-6
+    # a constant difference (what a bias gives every prompt) cannot pass: there is no offset
+    const = torch.full((400,), 2.0)
+    assert losses(const, sign, calibrate(const, sign)).mean() >= math.log(2) - 1e-6
+    # the bound is the full model's own fitted scale, at least 1
+    assert 1.0 < scale_bound(sign * 5.0, sign) <= 100.0   # an underconfident model: above 1
+    assert scale_bound(sign * 5.0 + 4 * torch.randn(400, generator=g), sign) == 1.0
 
 
 # ----------------------------------------------------------------------------- edges
@@ -236,11 +246,18 @@ def test_edges_match_a_hand_built_model():
 
 def test_circuit_json_round_trip_and_model_binding(tmp_path):
     m = hand_model()
-    c = Circuit.from_nodes(m, HAND_NODES, "hand", loss=0.1, calibration={"scale": 2.0, "shift": -1.0},
-                           provenance={"seed": 3})
+    c = Circuit.from_nodes(m, HAND_NODES, "hand", loss=0.1, loss_uncalibrated=0.2,
+                           calibration={"scale": 2.0, "bound": 3.0},
+                           config=PruneConfig(k_coef=3e-4, ablation="zero"), provenance={"seed": 3})
     path = c.save(tmp_path / "c.json")
     back = Circuit.load(path)
     assert back.to_dict() == c.to_dict()
+    assert back.config == c.config and back.ablation is Ablation.ZERO
+    old = json.loads(path.read_text())
+    old["version"] = 1
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(UserError, match="prune again"):
+        Circuit.load(tmp_path / "old.json")
     assert torch.equal(back.keep_vector(m), c.keep_vector(m))
     other = hand_model()
     with torch.no_grad():
@@ -281,7 +298,8 @@ def test_reinitialised_model_keeps_the_sparsity_pattern():
 # ----------------------------------------------------------------------------- planted circuit
 
 FILLERS = ["x", "y", "value", "result", "data", "name", "self", "key", "item", "args", "i", "n",
-           "path", "line", "text", "f", "s", "obj", "node", "kwargs", "size", "file", "msg", "cls"]
+           "path", "line", "text", "f", "s", "obj", "node", "kwargs", "size", "file", "msg", "cls",
+           "a", "b", "c", "d", "e", "t", "p", "res", "end"]
 
 
 def single_tokens(tok, candidates):
@@ -352,8 +370,8 @@ def planted_setup(corpus_dir):
 
 def test_pruning_recovers_the_planted_circuit(planted_setup):
     model, corpus, task, stats = planted_setup
-    cfg = PruneConfig(k_coef=1e-3, lr=1e-2, steps=150, train_pairs=128, heldout_pairs=64)
-    c = find_circuit(model, corpus.tokenizer, task, cfg, stats=stats, log=None)
+    cfg = PruneConfig(k_coef=1e-3, lr=1e-2, steps=150, train_pairs=128, val_pairs=64)
+    c = find_circuit(model, corpus.tokenizer, task, cfg, budget=1, stats=stats, log=None)
     assert c.nodes == PLANTED
     assert c.num_edges == 2
     assert c.loss <= 0.15
@@ -363,9 +381,9 @@ def test_pruning_recovers_the_planted_circuit(planted_setup):
                                                   ("mean", True)])
 def test_every_ablation_recovers_the_planted_circuit(planted_setup, ablation, freeze_norm):
     model, corpus, task, stats = planted_setup
-    cfg = PruneConfig(k_coef=1e-3, lr=1e-2, steps=150, train_pairs=128, heldout_pairs=64,
+    cfg = PruneConfig(k_coef=1e-3, lr=1e-2, steps=150, train_pairs=128, val_pairs=64,
                       ablation=ablation, freeze_norm=freeze_norm)
-    c = find_circuit(model, corpus.tokenizer, task, cfg, stats=stats, log=None)
+    c = find_circuit(model, corpus.tokenizer, task, cfg, budget=1, stats=stats, log=None)
     assert (c.ablation, c.freeze_norm) == (ablation, freeze_norm)
     if ablation == "zero":
         # Zeroing the noise shrinks the residual stream, so the planted neuron leaves its
@@ -382,8 +400,8 @@ def test_validation_passes_the_planted_circuit_and_fails_a_random_one(planted_se
     from sparsecircuits.tasks import SUITE
     SUITE["planted"] = task  # validation looks tasks up by name
     try:
-        cfg = dict(config=dict(train_pairs=64, heldout_pairs=32))
-        good = Circuit.from_nodes(model, PLANTED, "planted", target_loss=0.15, provenance=cfg)
+        cfg = PruneConfig(train_pairs=64, val_pairs=32)
+        good = Circuit.from_nodes(model, PLANTED, "planted", config=cfg)
         v = validate(good, model, corpus.tokenizer, stats=stats, n=64, draws=8, controls=False,
                      log=None)
         assert v.convincing, v.format()
@@ -395,7 +413,7 @@ def test_validation_passes_the_planted_circuit_and_fails_a_random_one(planted_se
         g = torch.Generator().manual_seed(5)
         layout = NodeLayout(model)
         rand_keep = random_same_sizes(layout, good.keep_vector(model), g)
-        bad = Circuit.from_keep(model, rand_keep, "planted", target_loss=0.15, provenance=cfg)
+        bad = Circuit.from_keep(model, rand_keep, "planted", config=cfg)
         assert bad.nodes != PLANTED
         v2 = validate(bad, model, corpus.tokenizer, stats=stats, n=64, draws=8, controls=False,
                       log=None)
@@ -409,34 +427,33 @@ def test_validation_passes_the_planted_circuit_and_fails_a_random_one(planted_se
 
 def test_empty_circuit_loss_is_the_bisections_judgement_of_no_node(planted_setup):
     model, corpus, task, stats = planted_setup
-    cfg = PruneConfig(train_pairs=40, heldout_pairs=20, target_loss=50.0)  # every size passes
+    cfg = PruneConfig(train_pairs=40, val_pairs=20)
     split = TaskSplit(model, corpus.tokenizer, task, cfg)
     values = resolve_values(model, cfg, split, stats)
-    layout, probes = NodeLayout(model), {}
-    _, k, _, _, reached = bisect_circuit(model, split.heldout, values, torch.rand(layout.total),
-                                         cfg, layout, probes)
-    assert reached and k == 0
+    layout = NodeLayout(model)
+    bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
+    judge = Judge(model, split.val, values, torch.randperm(layout.total), cfg, layout, bound)
     empty = empty_circuit_loss(model, split, values, cfg)
-    assert empty == probes[0][0]
+    assert empty == judge(0).loss
     assert empty > 0.15  # the planted task needs its planted path: the last token is not enough
 
 
-def test_task_split_keeps_heldout_pairs_apart(planted_setup):
+def test_task_split_keeps_the_val_pairs_apart(planted_setup):
     model, corpus, task, _ = planted_setup
-    cfg = PruneConfig(train_pairs=40, heldout_pairs=20)
+    cfg = PruneConfig(train_pairs=40, val_pairs=20)
     split = TaskSplit(model, corpus.tokenizer, task, cfg)
-    assert len(split.train) == 80 and len(split.heldout) == 40
+    assert len(split.train) == 80 and len(split.val) == 40
 
     def prompts(d):
         return {tuple(d.idx[i, :d.lengths[i]].tolist()) for i in range(len(d))}
 
     assert len(prompts(split.train)) > 40
-    assert not prompts(split.train) & prompts(split.heldout)
+    assert not prompts(split.train) & prompts(split.val)
 
 
 def test_parallel_search_matches_the_sequential_one(planted_setup):
     model, corpus, task, stats = planted_setup
-    cfg = PruneConfig(steps=60, train_pairs=64, heldout_pairs=32)
+    cfg = PruneConfig(steps=60, train_pairs=64, val_pairs=32)
     seq = find_circuit(model, corpus.tokenizer, task, cfg, budget=2, jobs=1, stats=stats, log=None)
     par = find_circuit(model, corpus.tokenizer, task, cfg, budget=2, jobs=2, stats=stats, log=None)
     assert par.nodes == seq.nodes
@@ -461,8 +478,8 @@ def test_a_task_the_last_token_gives_away_is_flagged_trivial(planted_setup):
     stats = PretrainingStats.compute(direct, corpus.train, windows=16)
     SUITE["planted"] = task
     try:
-        empty = Circuit.from_nodes(direct, {}, "planted", target_loss=0.15,
-                                   provenance=dict(config=dict(train_pairs=64, heldout_pairs=32)))
+        empty = Circuit.from_nodes(direct, {}, "planted",
+                                   config=PruneConfig(train_pairs=64, val_pairs=32))
         v = validate(empty, direct, corpus.tokenizer, stats=stats, n=48, draws=4,
                      controls=False, log=None)
     finally:
@@ -470,3 +487,78 @@ def test_a_task_the_last_token_gives_away_is_flagged_trivial(planted_setup):
     assert v.empty["loss_calibrated"] <= 0.15
     assert not v.convincing
     assert v.verdicts[0].startswith("TRIVIAL task")
+
+
+# ----------------------------------------------------------------------------- honest judging
+
+def test_a_circuit_worse_than_the_empty_one_never_passes():
+    from sparsecircuits.circuits.pruning import Probe
+    assert Probe(loss=0.1, loss_uncalibrated=0.5, scale=3.0).passes(0.15, empty_uncalibrated=0.6)
+    assert not Probe(loss=0.1, loss_uncalibrated=0.7, scale=3.0).passes(0.15, empty_uncalibrated=0.6)
+
+
+def test_a_constant_control_gets_no_circuit_for_free(planted_setup):
+    """Both prompts want the same answer: a bias would do it with no node, and the planted model
+    has no node that pushes both ways. Nothing may pass, least of all the empty circuit."""
+    from sparsecircuits.tasks.core import constant
+    model, corpus, task, stats = planted_setup
+    cfg = PruneConfig(k_coef=1e-3, lr=1e-2, steps=60, train_pairs=64, val_pairs=32)
+    found = search(model, corpus.tokenizer, constant(task), (0.15,), cfg, budget=1, stats=stats,
+                   log=None)
+    assert found.circuits[0.15] is None
+    assert found.trials[0]["status"] == "not reached"
+
+
+def test_the_planted_circuit_passes_every_control(planted_setup):
+    """The inverted labels and the re-initialised copy are searched as the circuit was; neither
+    may reach the target, so the hand-built 3-node circuit is convincing."""
+    model, corpus, task, stats = planted_setup
+    from sparsecircuits.tasks import SUITE
+    SUITE["planted"] = task
+    try:
+        cfg = PruneConfig(k_coef=1e-3, lr=1e-2, steps=60, train_pairs=64, val_pairs=32)
+        good = Circuit.from_nodes(model, PLANTED, "planted", config=cfg,
+                                  calibration={"scale": 1.0, "bound": 1.0})
+        v = validate(good, model, corpus.tokenizer, stats=stats, corpus=corpus, n=48, draws=4,
+                     log=None)
+    finally:
+        del SUITE["planted"]
+    for name in ("control: inverted labels", "control: re-initialised model"):
+        assert not v.controls[name]["reached"], (name, v.controls[name])
+    assert v.convincing, v.format()
+
+
+def test_a_task_the_model_cannot_do_fails_before_any_mask_training(planted_setup, monkeypatch):
+    model, corpus, task, stats = planted_setup
+    fill = model.planted_words["fill"]
+
+    def make(rng, split):  # nothing in these prompts tells the answers apart
+        body = "".join(" " + rng.choice(fill) for _ in range(rng.randint(3, 9)))
+        return Pair(body, body + " " + rng.choice(fill), model.planted_words["target"],
+                    model.planted_words["alt"])
+
+    blind = Task("blind", "no cue", make, differs=lambda p: True)
+    import importlib
+    search_mod = importlib.import_module("sparsecircuits.circuits.search")  # not the function
+
+    def never(*a, **k):
+        raise AssertionError("mask training ran")
+    monkeypatch.setattr(search_mod, "train_masks", never)
+    with pytest.raises(UserError, match="cannot do task 'blind'") as e:
+        search(model, corpus.tokenizer, blind, (0.15,), PruneConfig(train_pairs=32, val_pairs=16),
+               stats=stats, log=None)
+    assert "--target-loss" not in str(e.value)  # its loss is near chance: no target to advise
+
+
+def test_mask_training_says_when_the_kept_count_is_still_falling():
+    from sparsecircuits.circuits.pruning import MaskTraining
+    falling = MaskTraining(torch.zeros(1), [(s, 0.1, 1000 - 5 * s) for s in range(5, 105, 5)])
+    flat = MaskTraining(torch.zeros(1), [(s, 0.1, max(100, 1000 - 20 * s)) for s in range(5, 105, 5)])
+    assert falling.still_falling and not flat.still_falling
+
+
+def test_nodes_switched_off_last_rank_first_among_the_clamped():
+    from sparsecircuits.circuits.pruning import MaskTraining
+    final = torch.tensor([1.0, -1.0, -1.0, 0.5, -1.0])
+    mean = torch.tensor([0.9, -0.9, 0.2, 0.4, -0.1])  # node 2 stayed on longest of the three
+    assert MaskTraining(final, [], mean).order().tolist() == [0, 3, 2, 4, 1]

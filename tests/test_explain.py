@@ -64,7 +64,7 @@ def test_trace_names_the_nodes_that_decide_the_answer(planted_circuit, capsys):
     run, _, circuit = planted_circuit
     c = Circuit.load(circuit)
     from sparsecircuits.tasks import get_task
-    pair = get_task(c.provenance["task"]).pairs(1, "test")[0]
+    pair = get_task(c.task_ref).pairs(1, "test")[0]
     for prompt, want in ((pair.clean, pair.target), (pair.corrupt, pair.alt)):
         code, out, err = run_cli(capsys, "trace", str(run), "--circuit", str(circuit),
                                  "--prompt", prompt, "--json")
@@ -97,7 +97,7 @@ def test_trace_tells_firing_at_the_last_token_from_firing_anywhere(planted_circu
     run, _, circuit = planted_circuit
     from sparsecircuits.explain import trace
     from sparsecircuits.tasks import get_task
-    pair = get_task(Circuit.load(circuit).provenance["task"]).pairs(1, "test")[0]
+    pair = get_task(Circuit.load(circuit).task_ref).pairs(1, "test")[0]
     # one more filler word after the deciding word: mlp.in[0] reads only the deciding word
     # (its channel is zero in every filler's embedding), so it fired, but not at the last token
     t = trace(run, circuit, pair.clean + " " + pair.clean.split()[0], log=None)
@@ -113,11 +113,11 @@ def test_trace_applies_the_scale_only_and_says_when_it_is_large(planted_circuit,
                                                                capsys):
     run, _, circuit = planted_circuit
     d = json.loads(circuit.read_text())
-    d["calibration"] = {"scale": 14.2, "shift": 5.0}   # a legacy shift is ignored
+    d["calibration"] = {"scale": 14.2, "bound": 20.0}
     faint = tmp_path / "faint.json"
     faint.write_text(json.dumps(d))
     from sparsecircuits.tasks import get_task
-    pair = get_task(d["provenance"]["task"]).pairs(1, "test")[0]
+    pair = get_task(d["task_ref"]).pairs(1, "test")[0]
     code, out, err = run_cli(capsys, "trace", str(run), "--circuit", str(faint), "--prompt",
                              pair.clean, "--json")
     assert code == 0, err

@@ -1,20 +1,21 @@
 """Circuits: find the nodes that carry a behaviour by pruning, and test that they are real.
 
     prune(run_dir, task)            load a run, search, save a Circuit (the `prune` command)
-    find_circuit(model, tok, task)  the same on a model in memory
+    search(model, tok, task, targets)  the one search: circuits at a list of target losses
+    find_circuit(model, tok, task)  `search` at one target
     validate(circuit, model, tok)   sufficiency, necessity, random circuits, faithfulness,
                                     stochastic ablation, controls, ablation sensitivity
     Circuit                         kept nodes, edges, provenance; JSON; `applied(model, values)`
 """
 
-from .ablation import ABLATIONS, PretrainingStats, ablation_values, mask_hook, model_hash
+from .ablation import ABLATIONS, Ablation, PretrainingStats, ablation_values, mask_hook, model_hash
 from .circuit import Circuit, Edge, derive_edges
 from .nodes import NodeId, NodeLayout
 from .pruning import PruneConfig, bisect_smallest, heaviside
-from .search import find_circuit, open_run, prune
+from .search import Search, find_circuit, open_run, prune, search
 from .validate import Validation, validate
 
-__all__ = ["ABLATIONS", "Circuit", "Edge", "NodeId", "NodeLayout", "PretrainingStats",
-           "PruneConfig", "Validation", "ablation_values", "bisect_smallest", "derive_edges",
+__all__ = ["ABLATIONS", "Ablation", "Circuit", "Edge", "NodeId", "NodeLayout", "PretrainingStats",
+           "PruneConfig", "Search", "Validation", "ablation_values", "bisect_smallest", "derive_edges",
            "find_circuit", "heaviside", "mask_hook", "model_hash", "open_run", "prune",
-           "validate"]
+           "search", "validate"]

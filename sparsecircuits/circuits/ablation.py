@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import Enum
 
 import numpy as np
 import torch
@@ -22,7 +23,27 @@ from safetensors.torch import load_file, save_file
 from ..errors import UserError
 from .nodes import NodeLayout
 
-ABLATIONS = ("mean", "zero", "task-mean")
+
+
+class Ablation(str, Enum):
+    """What a pruned node is held at."""
+    MEAN = "mean"              # its mean over pretraining tokens (the paper's choice)
+    ZERO = "zero"
+    TASK_MEAN = "task-mean"    # its mean over the task's own prompts
+
+    @classmethod
+    def parse(cls, kind: str | Ablation) -> Ablation:
+        try:
+            return cls(kind)
+        except ValueError:
+            raise UserError(f"unknown ablation '{kind}'; use one of "
+                            f"{', '.join(a.value for a in cls)}.") from None
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ABLATIONS = tuple(a.value for a in Ablation)
 STATS_VERSION = 1
 
 
@@ -108,19 +129,18 @@ def task_means(model, idx: torch.Tensor, lengths: torch.Tensor) -> dict[str, tor
     return {k: v[real].mean(0) for k, v in acts.items()}
 
 
-def ablation_values(kind: str, model, *, stats: PretrainingStats | None = None,
+def ablation_values(kind: Ablation | str, model, *, stats: PretrainingStats | None = None,
                     task_idx: torch.Tensor | None = None, task_lengths: torch.Tensor | None = None
                     ) -> dict[str, torch.Tensor]:
-    if kind == "zero":
+    kind = Ablation.parse(kind)
+    if kind is Ablation.ZERO:
         layout = NodeLayout(model)
         return {s: torch.zeros(n) for s, n in zip(layout.sites, layout.sizes)}
-    if kind == "mean":
+    if kind is Ablation.MEAN:
         if stats is None:
             raise ValueError("mean ablation needs pretraining statistics")
         return stats.means
-    if kind == "task-mean":
-        return task_means(model, task_idx, task_lengths)
-    raise UserError(f"unknown ablation '{kind}'; use one of {', '.join(ABLATIONS)}.")
+    return task_means(model, task_idx, task_lengths)
 
 
 # ----------------------------------------------------------------------------- hooks

@@ -28,11 +28,12 @@ import torch
 
 from ..config import SITE_KINDS
 from ..errors import UserError
-from .ablation import mask_hook, model_hash
+from .ablation import Ablation, mask_hook, model_hash
 from .nodes import NodeId, NodeLayout
+from .pruning import PruneConfig
 
 FORMAT = "sparsecircuits.circuit"
-VERSION = 1
+VERSION = 2   # 2: a typed prune config and task reference; calibration is a bounded scale
 
 
 @dataclass(frozen=True)
@@ -121,18 +122,32 @@ def count_edges(model, keep_sets: dict[str, list[int]]) -> int:
 
 @dataclass
 class Circuit:
-    """A set of kept nodes of one model, the edges between them, and its provenance."""
+    """A set of kept nodes of one model, the edges between them, and how it was found."""
     nodes: dict[str, list[int]]            # site -> sorted kept indices (empty sites omitted)
     edges: list[Edge]
-    task: str
+    task: str                              # the task's name
     model_hash: str
-    loss: float | None = None              # held-out loss, calibrated (what the bisection hit)
+    config: PruneConfig = field(default_factory=PruneConfig)  # what it was found with
+    task_ref: str = ""                     # what `get_task` needs (a task file by its path)
+    loss: float | None = None              # val loss, calibrated (what the bisection hit)
     loss_uncalibrated: float | None = None
-    calibration: dict = field(default_factory=lambda: {"scale": 1.0, "shift": 0.0})
-    target_loss: float | None = None
-    ablation: str = "mean"
-    freeze_norm: bool = False
-    provenance: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=lambda: {"scale": 1.0, "bound": 1.0})
+    provenance: dict = field(default_factory=dict)   # run, search records, versions
+
+    def __post_init__(self):
+        self.task_ref = self.task_ref or self.task
+
+    @property
+    def ablation(self) -> Ablation:
+        return self.config.ablation
+
+    @property
+    def freeze_norm(self) -> bool:
+        return self.config.freeze_norm
+
+    @property
+    def target_loss(self) -> float:
+        return self.config.target_loss
 
     # ---------------------------------------------------------------- construction
 
@@ -212,12 +227,11 @@ class Circuit:
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "task": self.task,
-                "model_hash": self.model_hash, "counts": self.counts(),
-                "loss": self.loss, "loss_uncalibrated": self.loss_uncalibrated,
-                "calibration": self.calibration, "target_loss": self.target_loss,
-                "ablation": self.ablation, "freeze_norm": self.freeze_norm,
-                "nodes": self.nodes, "edges": [e.to_list() for e in self.edges],
-                "provenance": self.provenance}
+                "task_ref": self.task_ref, "model_hash": self.model_hash,
+                "counts": self.counts(), "loss": self.loss,
+                "loss_uncalibrated": self.loss_uncalibrated, "calibration": self.calibration,
+                "config": self.config.to_dict(), "nodes": self.nodes,
+                "edges": [e.to_list() for e in self.edges], "provenance": self.provenance}
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "circuit") -> Circuit:
@@ -226,17 +240,16 @@ class Circuit:
                             "`sparsecircuits prune`).")
         if d.get("version") != VERSION:
             raise UserError(f"{where} has circuit format version {d.get('version')}; this "
-                            f"sparsecircuits reads version {VERSION}.")
+                            f"sparsecircuits reads version {VERSION} (older files were judged "
+                            "with a calibration that could pass a bias): prune again.")
         try:
             return cls(nodes={s: [int(i) for i in v] for s, v in d["nodes"].items()},
                        edges=[Edge.from_list(e) for e in d["edges"]], task=d["task"],
-                       model_hash=d["model_hash"], loss=d.get("loss"),
+                       model_hash=d["model_hash"], config=PruneConfig.from_dict(d["config"]),
+                       task_ref=d.get("task_ref", d["task"]), loss=d.get("loss"),
                        loss_uncalibrated=d.get("loss_uncalibrated"),
-                       calibration=d.get("calibration", {"scale": 1.0, "shift": 0.0}),
-                       target_loss=d.get("target_loss"), ablation=d.get("ablation", "mean"),
-                       freeze_norm=bool(d.get("freeze_norm", False)),
-                       provenance=d.get("provenance", {}))
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+                       calibration=dict(d["calibration"]), provenance=d.get("provenance", {}))
+        except (KeyError, TypeError, ValueError, IndexError, UserError) as e:
             raise UserError(f"{where} is damaged ({type(e).__name__}: {e}); prune again.") from None
 
     def save(self, path: str | Path) -> Path:
@@ -260,7 +273,8 @@ class Circuit:
 
     def summary(self) -> str:
         c = self.counts()
-        loss = f", held-out loss {self.loss:.3f}" if self.loss is not None else ""
+        loss = (f", val loss {self.loss:.3f} ({self.loss_uncalibrated:.3f} uncalibrated)"
+                if self.loss is not None else "")
         return f"{self.task}: {c['nodes']} nodes, {c['edges']} edges{loss}"
 
     def __repr__(self) -> str:
@@ -274,8 +288,10 @@ class Circuit:
         rows = [[f"nodes at {k}", n] for k, n in c["nodes_by_site"].items()]
         rows += [[f"edges {k}", n] for k, n in c["edges_by_kind"].items()]
         if self.loss is not None:
-            rows.append(["held-out loss (calibrated / before)",
+            rows.append(["val loss (calibrated / uncalibrated)",
                          f"{self.loss:.3f} / {self.loss_uncalibrated:.3f}"])
+            rows.append(["calibration scale (bound)", f"{self.calibration['scale']:.3f} "
+                                                      f"({self.calibration['bound']:.3f})"])
         return doc.table(["", ""], rows).html_body()
 
 

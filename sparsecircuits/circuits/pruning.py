@@ -5,12 +5,15 @@ forward pass keeps node i where tau_i >= 0 (a Heaviside step) and holds the othe
 ablation value; the backward pass uses the sigmoid-derivative surrogate sigma'(tau/T)/T. The
 objective is task loss + k_coef * (number of kept nodes), minimised by AdamW over tau only: the
 model's weights never change. Then the nodes are ranked by tau and a bisection finds the
-smallest k whose top-k set, after a 16-step LBFGS logit scale-and-shift calibration, reaches the
-target loss on held-out pairs.
+smallest k whose top-k set reaches the target loss on the val pairs (words and templates the
+masks never saw) after a bounded temperature calibration (`taskdata.calibrate`), and is no
+worse than the empty circuit before it. `search.py` runs this for a list of targets over a
+set of trials; it is the one place circuits are found.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -20,49 +23,60 @@ import torch
 from ..errors import UserError
 from ..tasks.core import Task
 from ..tasks.metrics import TARGET_LOSS
-from .ablation import ABLATIONS, PretrainingStats, ablation_values
+from .ablation import Ablation, PretrainingStats, ablation_values
 from .nodes import NodeLayout
-from .taskdata import TaskData, calibrate, logit_diffs, losses
+from .taskdata import TaskData, calibrate, logit_diffs, losses, scale_bound
 
 
 @dataclass
 class PruneConfig:
+    """How one circuit is found: ablation, mask training, the pairs, the target. A `Circuit`
+    carries the one it was found with."""
     target_loss: float = TARGET_LOSS
-    ablation: str = "mean"         # "mean" (pretraining), "zero" or "task-mean"
+    ablation: Ablation = Ablation.MEAN
     freeze_norm: bool = False      # replay the clean pass's RMSNorm scales in the pruned pass
     seed: int = 0
-    steps: int = 100               # short runs for a CPU budget (replications use 500-2000)
-    batch_pairs: int = 32          # the paper uses 64
-    # Table 2 centres of the paper's hyperparameter search:
-    k_coef: float = 1e-4
+    # Mask training long enough to converge on a CPU budget (docs/CIRCUITS.md, "Pruning"): at
+    # the paper's Table-2 centres (k_coef 1e-4, lr 3e-3) 100 steps let tau travel about 0.15,
+    # so the kept count was still falling; here tau can cross its whole range [-1, 1].
+    steps: int = 150
+    batch_pairs: int = 16          # the paper uses 64; more steps of fewer pairs, same cost
+    k_coef: float = 1e-3
+    lr: float = 0.1
+    # the rest at the paper's Table-2 centres:
     init_bias: float = 0.1
     init_scale: float = 0.01
-    lr: float = 3e-3
     weight_decay: float = 1e-3
     inv_beta2: float = 0.05
     warmup_frac: float = 0.05
     temperature: float = 1.0
     grad_clip: float = 1.0
-    train_pairs: int = 256         # pairs the masks are trained on (train split)
-    heldout_pairs: int = 128       # further train-split pairs the bisection is judged on
-    calibrate: bool = True
+    train_pairs: int = 256         # pairs the masks are trained on (the train split)
+    val_pairs: int = 128           # pairs the bisection judges on (the val split)
+    calibrate: bool = True         # fit a bounded temperature (taskdata.calibrate)
+
+    def __post_init__(self):
+        self.ablation = Ablation.parse(self.ablation)
 
     def validate(self) -> PruneConfig:
-        if self.ablation not in ABLATIONS:
-            raise UserError(f"unknown ablation '{self.ablation}'; use one of "
-                            f"{', '.join(ABLATIONS)}.")
-        if not self.target_loss > 0:
-            raise UserError(f"target loss {self.target_loss} must be positive (the paper uses "
-                            f"{TARGET_LOSS}).")
-        for name in ("steps", "batch_pairs", "train_pairs", "heldout_pairs"):
+        if not 0 < self.target_loss < math.log(2):
+            raise UserError(f"target loss {self.target_loss} must be above 0 and below chance, "
+                            f"ln 2 = {math.log(2):.3f} (the paper uses {TARGET_LOSS}).")
+        for name in ("steps", "batch_pairs", "train_pairs", "val_pairs"):
             if getattr(self, name) < 1:
                 raise UserError(f"pruning setting {name}={getattr(self, name)} must be at least 1.")
         return self
 
-    def hyperparameters(self) -> dict:
-        keep = {"k_coef", "init_bias", "init_scale", "lr", "weight_decay", "inv_beta2",
-                "warmup_frac", "temperature", "grad_clip", "steps", "batch_pairs", "seed"}
-        return {k: v for k, v in asdict(self).items() if k in keep}
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ablation": self.ablation.value}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PruneConfig:
+        unknown = set(d) - set(cls.field_names())
+        if unknown:
+            raise UserError(f"unknown pruning settings {sorted(unknown)}; valid: "
+                            f"{', '.join(cls.field_names())}.")
+        return cls(**d)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -101,40 +115,22 @@ def bisect_smallest(passes: Callable[[int], bool], lo: int, hi: int) -> int:
     return lo
 
 
-@dataclass
-class PruneRun:
-    """What one pruning run found: the ranking, the bisected size and its losses."""
-    keep: torch.Tensor           # (total,) bool: the circuit
-    scores: torch.Tensor         # (total,) final tau
-    k: int                       # kept nodes
-    trained_k: int               # nodes on at the end of mask training
-    loss: float                  # held-out loss of the circuit, calibrated
-    loss_uncalibrated: float
-    scale: float
-    shift: float
-    full_loss: float             # held-out loss of the full model
-    probes: list[tuple[int, float]]  # (k, calibrated loss) at every bisection probe
-    seconds: float
-    reached: bool                # False: no probed size reaches the target
-
-
 class TaskSplit:
-    """Train pairs for the masks, held-out pairs for the bisection; both from the train split."""
+    """The two pair sets pruning sees, from disjoint words and templates: `train` for the
+    masks, `val` for the bisection. The test split is for validation and every reported
+    figure, and pruning never sees it."""
 
     MIN_PAIRS = 12
 
     def __init__(self, model, tok, task: Task, cfg: PruneConfig):
-        n = cfg.train_pairs + cfg.heldout_pairs
-        pairs = task.pairs(n, "train", seed=0, at_most=True)
-        if len(pairs) < self.MIN_PAIRS:
-            raise UserError(f"task '{task.name}' makes only {len(pairs)} distinct train pairs; "
-                            f"pruning needs at least {self.MIN_PAIRS}: add templates or slot "
-                            "values.")
-        # a task with fewer pairs than asked keeps the asked-for train : held-out proportion
-        n_train = round(len(pairs) * cfg.train_pairs / n)
         bs = model.cfg.block_size
-        self.train = TaskData.from_pairs(tok, task.name, pairs[:n_train], bs)
-        self.heldout = TaskData.from_pairs(tok, task.name, pairs[n_train:], bs)
+        for split, n in (("train", cfg.train_pairs), ("val", cfg.val_pairs)):
+            pairs = task.pairs(n, split, seed=0, at_most=True)
+            if len(pairs) < self.MIN_PAIRS:
+                raise UserError(f"task '{task.name}' makes only {len(pairs)} distinct {split} "
+                                f"pairs; pruning needs at least {self.MIN_PAIRS}: add templates "
+                                "or slot values.")
+            setattr(self, split, TaskData.from_pairs(tok, task.name, pairs, bs))
 
 
 def resolve_values(model, cfg: PruneConfig, split: TaskSplit,
@@ -152,9 +148,33 @@ def length_buckets(data: TaskData, batch_pairs: int, n: int = 4) -> list[torch.T
     return list(order.tensor_split(n))
 
 
+@dataclass
+class MaskTraining:
+    scores: torch.Tensor                        # (total,) final tau
+    curve: list[tuple[int, float, int]]         # (step, task loss, nodes on), 20 points
+    mean_scores: torch.Tensor | None = None     # (total,) tau averaged over the steps
+
+    def order(self) -> torch.Tensor:
+        """Nodes from most to least kept: by final tau, and among equal ones (the clamp at -1
+        ties every node that was switched off) by mean tau over training, so the nodes
+        switched off last come first. Without the second key the bisection, when the trained
+        set falls short on the val pairs, grows it in node-index order: thousands of nodes."""
+        order = torch.arange(len(self.scores))
+        if self.mean_scores is not None:
+            order = torch.argsort(-self.mean_scores, stable=True)
+        return order[torch.argsort(-self.scores[order], stable=True)]
+
+    @property
+    def still_falling(self) -> bool:
+        """The kept count fell by more than 5% over the last quarter of training: more steps
+        would have made the circuit smaller."""
+        last = self.curve[-1]
+        before = next((c for c in self.curve if c[0] >= 0.75 * last[0]), last)
+        return last[2] < 0.95 * before[2]
+
+
 def train_masks(model, data: TaskData, values, cfg: PruneConfig, layout: NodeLayout,
-                log=print) -> torch.Tensor:
-    """Mask training: returns the final scores tau (total,)."""
+                log=print) -> MaskTraining:
     g = torch.Generator().manual_seed(cfg.seed)
     tau = (cfg.init_bias + cfg.init_scale * torch.randn(layout.total, generator=g)).clamp_(-1, 1)
     tau.requires_grad_(True)
@@ -168,6 +188,9 @@ def train_masks(model, data: TaskData, values, cfg: PruneConfig, layout: NodeLay
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     buckets = length_buckets(data, cfg.batch_pairs)
     sizes = torch.tensor([len(b) for b in buckets], dtype=torch.float)
+    every = max(1, cfg.steps // 20)
+    curve = []
+    total = torch.zeros(layout.total)
     for step in range(cfg.steps):
         bucket = buckets[int(torch.multinomial(sizes, 1, generator=g))]
         pick = bucket[torch.randint(len(bucket), (min(cfg.batch_pairs, len(bucket)),), generator=g)]
@@ -184,71 +207,83 @@ def train_masks(model, data: TaskData, values, cfg: PruneConfig, layout: NodeLay
         sched.step()
         with torch.no_grad():
             tau.clamp_(-1, 1)
-        if log and (step + 1) % max(1, cfg.steps // 5) == 0:
-            log(f"  step {step + 1}/{cfg.steps}: task loss {task_loss.item():.3f}, "
-                f"{int(m.sum())} nodes on")
-    return tau.detach()
+            total += tau
+        if (step + 1) % every == 0 or step + 1 == cfg.steps:
+            curve.append((step + 1, round(task_loss.item(), 4), int(m.sum())))
+            if log and (step + 1) % max(1, cfg.steps // 5) == 0:
+                log(f"  step {step + 1}/{cfg.steps}: task loss {task_loss.item():.3f}, "
+                    f"{int(m.sum())} nodes on")
+    return MaskTraining(tau.detach(), curve, total / cfg.steps)
 
 
-@torch.no_grad()
-def bisect_circuit(model, data: TaskData, values, scores: torch.Tensor, cfg: PruneConfig,
-                   layout: NodeLayout, probes: dict | None = None):
-    """Smallest top-k-by-score set reaching the target after calibration on `data`.
+@dataclass
+class Probe:
+    """A top-k set judged on the val pairs."""
+    loss: float               # calibrated
+    loss_uncalibrated: float
+    scale: float
 
-    `probes` caches (k -> losses) for one ranking: pass the same dict to bisect the same scores
-    for several targets, and every size already measured is reused.
-    """
-    order = torch.argsort(-scores, stable=True)
-    probes = {} if probes is None else probes
+    def passes(self, target: float, empty_uncalibrated: float) -> bool:
+        """At the target after calibration, and no worse than the empty circuit before it: a
+        circuit that does worse than no circuit at all is never a pass, whatever its scale."""
+        return self.loss <= target and self.loss_uncalibrated <= empty_uncalibrated + 1e-9
 
-    def measure(k):
-        if k not in probes:
-            keep = torch.zeros(layout.total)
-            keep[order[:k]] = 1.0
-            d = logit_diffs(model, data, layout.split(keep), values, cfg.freeze_norm)
-            raw = float(losses(d, data.sign).mean())
-            scale, shift = calibrate(d, data.sign) if cfg.calibrate else (1.0, 0.0)
-            probes[k] = (float(losses(d, data.sign, scale, shift).mean()), raw, scale, shift)
-        return probes[k]
 
-    # Probe a doubling grid up to the first passing size, then bisect below it. The full set
-    # may fail where a subset passes (a control task the model never learnt), so a failing
-    # full model does not end the search.
-    passes = lambda k: measure(k)[0] <= cfg.target_loss  # noqa: E731
-    prev, k = 0, 1
-    while not passes(min(k, layout.total)) and k < layout.total:
-        prev, k = k, 2 * k
-    k = min(k, layout.total)
-    reached = passes(k)
-    if reached:
-        k = 0 if passes(0) else bisect_smallest(passes, prev + 1, k)
-    keep = torch.zeros(layout.total, dtype=torch.bool)
-    keep[order[:k]] = True
-    return keep, k, measure(k), sorted((k_, v[0]) for k_, v in probes.items()), reached
+class Judge:
+    """Measures top-k sets of one ranking on the val pairs, caching every size: bisecting the
+    same ranking for several targets reuses each probe."""
+
+    def __init__(self, model, data: TaskData, values, order: torch.Tensor, cfg: PruneConfig,
+                 layout: NodeLayout, bound: float):
+        """`order`: node indices from most to least kept (`MaskTraining.order`)."""
+        self.model, self.data, self.values, self.cfg, self.layout = model, data, values, cfg, layout
+        self.bound = bound
+        self.order = order
+        self.probes: dict[int, Probe] = {}
+
+    def keep(self, k: int) -> torch.Tensor:
+        keep = torch.zeros(self.layout.total, dtype=torch.bool)
+        keep[self.order[:k]] = True
+        return keep
+
+    @torch.no_grad()
+    def __call__(self, k: int) -> Probe:
+        if k not in self.probes:
+            d = logit_diffs(self.model, self.data, self.layout.split(self.keep(k).float()),
+                            self.values, self.cfg.freeze_norm)
+            sign = self.data.sign
+            scale = calibrate(d, sign, self.bound) if self.cfg.calibrate else 1.0
+            self.probes[k] = Probe(float(losses(d, sign, scale).mean()),
+                                   float(losses(d, sign).mean()), scale)
+        return self.probes[k]
+
+    def smallest(self, target: float) -> int | None:
+        """The smallest k whose top-k set passes, or None.
+
+        Probes a doubling grid up to the first passing size, then bisects below it. The full
+        set may fail where a subset passes (a control task the model never learnt), so a
+        failing full model does not end the search."""
+        empty = self(0).loss_uncalibrated
+        passes = lambda k: self(k).passes(target, empty)  # noqa: E731
+        total = self.layout.total
+        if passes(0):
+            return 0
+        prev, k = 0, 1
+        while not passes(min(k, total)) and k < total:
+            prev, k = k, 2 * k
+        k = min(k, total)
+        if not passes(k):
+            return None
+        return bisect_smallest(passes, prev + 1, k)
+
 
 
 @torch.no_grad()
 def empty_circuit_loss(model, split: TaskSplit, values, cfg: PruneConfig) -> float:
-    """The held-out loss with every node ablated, judged as the bisection judges a circuit:
-    what the embeddings, the bigram table and the unembedding do alone. At or below the
-    target, the task's circuit is empty: the last token gives the answer away."""
+    """The val loss with every node ablated, judged as the bisection judges a circuit (with
+    the same bounded calibration): what the embeddings, the bigram table and the unembedding
+    do alone. At or below the target, the task's circuit is empty: the last token gives the
+    answer away."""
     layout = NodeLayout(model)
-    d = logit_diffs(model, split.heldout, layout.split(torch.zeros(layout.total)), values,
-                    cfg.freeze_norm)
-    scale, shift = calibrate(d, split.heldout.sign) if cfg.calibrate else (1.0, 0.0)
-    return float(losses(d, split.heldout.sign, scale, shift).mean())
-
-
-def prune_run(model, split: TaskSplit, values, cfg: PruneConfig, log=print) -> PruneRun:
-    t0 = time.perf_counter()
-    layout = NodeLayout(model)
-    scores = train_masks(model, split.train, values, cfg, layout, log)
-    t1 = time.perf_counter()
-    keep, k, (loss, raw, scale, shift), probes, reached = bisect_circuit(
-        model, split.heldout, values, scores, cfg, layout)
-    full = float(losses(logit_diffs(model, split.heldout), split.heldout.sign).mean())
-    if log:
-        log(f"  masks {t1 - t0:.1f}s, bisection {time.perf_counter() - t1:.1f}s "
-            f"({len(probes)} probes)")
-    return PruneRun(keep, scores, k, int((scores >= 0).sum()), loss, raw, scale, shift, full,
-                    probes, time.perf_counter() - t0, reached)
+    bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
+    return Judge(model, split.val, values, torch.arange(layout.total), cfg, layout, bound)(0).loss

@@ -1,17 +1,19 @@
-"""A small hyperparameter search over pruning runs, and the run-folder entry point `prune`.
+"""The one circuit search: every command that finds circuits (`prune`, `compare`, `demo`, the
+controls inside `validate`) calls `search`.
 
-The paper tunes every (model, task) with 256 CARBS runs. Here a fixed, ordered list of trials
-around the Table-2 centres (first the centres themselves, then larger sparsity penalties and
-learning rates, which short CPU runs need, then other seeds) is cut at a budget; the smallest
-circuit (in edges) that reaches the target wins. Trials run in parallel processes when the
-machine has cores to spare.
+The paper tunes every (model, task) with CARBS. Here a fixed grid of trials around the
+Table-2 centres (the sparsity penalty k_coef and the learning rate, then other seeds) is cut at
+a budget. Each trial trains its masks once; its ranking is bisected for every target loss
+(sharing every probe between targets), and at each target the circuit with the fewest edges
+over the trials wins. Trials run in parallel processes when the machine has cores to spare.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,13 +21,18 @@ import torch
 from ..errors import UserError
 from ..tasks import get_task
 from ..tasks.core import Task
-from .ablation import PretrainingStats, model_hash
-from .circuit import Circuit, stamp
-from .pruning import PruneConfig, PruneRun, TaskSplit, prune_run, resolve_values
+from ..tasks.metrics import TARGET_LOSS
+from .ablation import Ablation, PretrainingStats, model_hash
+from .circuit import Circuit, count_edges, stamp
+from .nodes import NodeLayout
+from .pruning import Judge, PruneConfig, TaskSplit, resolve_values, train_masks
+from .taskdata import logit_diffs, losses, scale_bound
 
-# (k_coef multiplier, lr multiplier, seed offset), in the order a budget takes them.
-TRIALS = [(1, 1, 0), (10, 10 / 3, 0), (30, 10 / 3, 0), (10, 10 / 3, 1), (3, 10 / 3, 0),
-          (100, 10 / 3, 0), (30, 10 / 3, 1), (10, 1, 0)]
+# (k_coef multiplier, lr multiplier) around the centres of `PruneConfig`, in the order a
+# budget takes them. Past the grid, the same trials with new seeds.
+TRIALS = [(1, 1), (3, 1), (0.3, 1), (1, 0.3), (3, 0.3), (10, 1), (0.3, 0.3), (1, 3)]
+DEFAULT_BUDGET = 8
+COLLAPSED = 0.25   # a trial whose circuit keeps more than this share of all nodes collapsed
 
 
 def search_trials(cfg: PruneConfig, budget: int) -> list[PruneConfig]:
@@ -33,27 +40,15 @@ def search_trials(cfg: PruneConfig, budget: int) -> list[PruneConfig]:
         raise UserError(f"search budget {budget} must be at least 1 pruning run.")
     out = []
     for i in range(budget):
-        k, lr, seed = TRIALS[i % len(TRIALS)]
-        seed += 100 * (i // len(TRIALS))  # past the list: the same trials, new seeds
-        out.append(replace(cfg, k_coef=cfg.k_coef * k, lr=cfg.lr * lr, seed=cfg.seed + seed))
+        k, lr = TRIALS[i % len(TRIALS)]
+        out.append(replace(cfg, k_coef=cfg.k_coef * k, lr=cfg.lr * lr,
+                           seed=cfg.seed + i // len(TRIALS)))
     return out
 
 
 def default_jobs(budget: int) -> int:
-    """Parallel trials: one per two cores (two threads each), never more than the budget."""
-    return max(1, min(budget, (os.cpu_count() or 1) // 2))
-
-
-def _run_trial(model, split, values, cfg, log, threads=None) -> PruneRun:
-    if threads:
-        torch.set_num_threads(threads)
-    with frozen(model):
-        return prune_run(model, split, values, cfg, log=log)
-
-
-def _trial_in_worker(args):
-    model, split, values, cfg, threads = args
-    return _run_trial(model, split, values, cfg, None, threads)
+    """Parallel trials: one per core, never more than the budget."""
+    return max(1, min(budget, os.cpu_count() or 1))
 
 
 class frozen:
@@ -76,22 +71,104 @@ class frozen:
         self.model.train(self.was_training)
 
 
-def find_circuit(model, tok, task: Task | str, cfg: PruneConfig | None = None, *,
-                 budget: int = 1, jobs: int | None = None, stats: PretrainingStats | None = None,
-                 corpus=None, provenance: dict | None = None, log=print) -> Circuit:
-    """Prune `model` for `task`: `budget` runs of the built-in search, the smallest circuit (in
-    edges) that reaches the target wins. Mean ablation needs `stats` or a `corpus`."""
+@dataclass
+class TrialResult:
+    cfg: PruneConfig
+    curve: list[tuple[int, float, int]]    # (step, task loss, nodes on) during mask training
+    still_falling: bool
+    found: dict[float, tuple]              # target -> (keep, Probe)
+    probes: list[tuple[int, float]]        # (k, calibrated val loss) at every probe
+    seconds: float
+
+
+def run_trial(model, split: TaskSplit, values, cfg: PruneConfig, targets, bound: float,
+              log=None, threads: int | None = None) -> TrialResult:
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    layout = NodeLayout(model)
+    with frozen(model):
+        masks = train_masks(model, split.train, values, cfg, layout, log)
+        judge = Judge(model, split.val, values, masks.order(), cfg, layout, bound)
+        found = {}
+        for t in sorted(targets, reverse=True):
+            k = judge.smallest(t)
+            if k is not None:
+                found[t] = (judge.keep(k), judge(k))
+    return TrialResult(cfg, masks.curve, masks.still_falling, found,
+                       sorted((k, p.loss) for k, p in judge.probes.items()),
+                       time.perf_counter() - t0)
+
+
+def _trial_in_worker(args) -> TrialResult:
+    return run_trial(*args)
+
+
+@dataclass
+class Search:
+    """What one search found: for each target, the smallest circuit over its trials."""
+    task: str
+    targets: tuple[float, ...]
+    circuits: dict[float, Circuit | None]
+    full_loss: float                # the full model on the val pairs
+    empty_loss: float               # every node ablated, on the val pairs (uncalibrated)
+    scale_bound: float
+    trials: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def frontier(self) -> dict:
+        """{full_loss, targets: {"0.15": {nodes, edges, loss, ...} or None}}."""
+        out = {}
+        for t in self.targets:
+            c = self.circuits.get(t)
+            out[str(t)] = None if c is None else dict(
+                nodes=c.num_nodes, edges=c.num_edges, loss=round(c.loss, 4),
+                loss_uncalibrated=round(c.loss_uncalibrated, 4),
+                scale=round(c.calibration["scale"], 3), k_coef=c.config.k_coef, lr=c.config.lr,
+                seed=c.config.seed)
+        trials = [{k: v for k, v in t.items() if k != "seconds"} for t in self.trials]
+        return dict(full_loss=round(self.full_loss, 4), empty_loss=round(self.empty_loss, 4),
+                    scale_bound=round(self.scale_bound, 3), targets=out, trials=trials)
+
+
+def search(model, tok, task: Task | str, targets=(TARGET_LOSS,), cfg: PruneConfig | None = None,
+           *, budget: int = DEFAULT_BUDGET, jobs: int | None = None,
+           stats: PretrainingStats | None = None, corpus=None, bound: float | None = None,
+           provenance: dict | None = None, control: bool = False, log=print) -> Search:
+    """Find the circuit of `task` in `model` at every loss in `targets`.
+
+    `budget` mask-training trials (the grid `TRIALS`), `jobs` of them at a time in separate
+    processes. Mean ablation needs `stats` or a `corpus`. `bound` overrides the calibration
+    bound (a control on another model is held to the studied model's bound). A task the full
+    model cannot do on the val pairs is an error at once, unless the search is a `control`
+    (or the task is one): a control is expected to find nothing.
+    """
+    t0 = time.perf_counter()
     ref = task_reference(task) if isinstance(task, str) else task.name
     task = get_task(task) if isinstance(task, str) else task
     cfg = (cfg or PruneConfig()).validate()
-    if cfg.ablation == "mean" and stats is None:
+    targets = tuple(sorted({float(t) for t in targets}, reverse=True))
+    for t in targets:
+        replace(cfg, target_loss=t).validate()
+    if cfg.ablation is Ablation.MEAN and stats is None:
         if corpus is None:
             raise UserError("mean ablation needs pretraining statistics: pass a corpus (or "
                             "stats), or use ablation='zero' / 'task-mean'.")
         stats = PretrainingStats.cached(model, corpus, log=log)
-    t0 = time.perf_counter()
     split = TaskSplit(model, tok, task, cfg)
     values = resolve_values(model, cfg, split, stats)
+    layout = NodeLayout(model)
+    with frozen(model), torch.no_grad():
+        d_full = logit_diffs(model, split.val)
+        d_empty = logit_diffs(model, split.val, layout.split(torch.zeros(layout.total)), values,
+                              cfg.freeze_norm)
+    sign = split.val.sign
+    full_loss = float(losses(d_full, sign).mean())
+    empty_loss = float(losses(d_empty, sign).mean())
+    if not control and "control" not in task.tags and full_loss > max(targets):
+        raise UserError(cannot_do(task.name, full_loss, max(targets)))
+    bound = scale_bound(d_full, sign) if bound is None else bound
+
     trials = search_trials(cfg, budget)
     jobs = default_jobs(budget) if jobs is None else max(1, min(jobs, budget))
     if jobs == 1:
@@ -100,7 +177,7 @@ def find_circuit(model, tok, task: Task | str, cfg: PruneConfig | None = None, *
             if log:
                 log(f"pruning run {i + 1}/{len(trials)}: k_coef {t.k_coef:g}, lr {t.lr:g}, "
                     f"seed {t.seed}")
-            runs.append(_run_trial(model, split, values, t, log))
+            runs.append(run_trial(model, split, values, t, targets, bound, log))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -108,35 +185,95 @@ def find_circuit(model, tok, task: Task | str, cfg: PruneConfig | None = None, *
         if log:
             log(f"pruning {len(trials)} runs, {jobs} at a time ...")
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-            runs = list(pool.map(_trial_in_worker,
-                                 [(model, split, values, t, threads) for t in trials]))
-    reached = [i for i, r in enumerate(runs) if r.reached]
-    if not reached:
-        raise UserError(
-            f"the model cannot do task '{task.name}': its own held-out loss is "
-            f"{runs[0].full_loss:.3f}, above the target {cfg.target_loss}; pick a task the model "
-            "can do (`sparsecircuits eval RUN --tasks all`) or raise --target-loss.")
-    circuits = [Circuit.from_keep(model, r.keep, task.name) if r.reached else None for r in runs]
-    best_i = min(reached, key=lambda i: (circuits[i].num_edges, runs[i].loss))
-    best, best_cfg = runs[best_i], trials[best_i]
-    trial_rows = [dict(k_coef=t.k_coef, lr=t.lr, seed=t.seed, nodes=r.k,
-                       edges=c.num_edges if c else None, loss=round(r.loss, 4),
-                       trained_nodes=r.trained_k, seconds=round(r.seconds, 1))
-                  for t, r, c in zip(trials, runs, circuits)]
+            runs = list(pool.map(_trial_in_worker, [(model, split, values, t, targets, bound,
+                                                     None, threads) for t in trials]))
+
     from ..checkpoint import versions
-    prov = dict(provenance or {})
-    prov.update(model_hash=model_hash(model), task=ref, split="train",
-                pairs=dict(train=cfg.train_pairs, heldout=cfg.heldout_pairs),
-                hyperparameters=best_cfg.hyperparameters(), config=asdict(best_cfg),
-                search=dict(budget=budget, jobs=jobs, trials=trial_rows, chosen=best_i),
-                full_model_loss=round(best.full_loss, 4), bisection_probes=best.probes,
-                trained_nodes=best.trained_k, seconds=round(time.perf_counter() - t0, 1),
-                versions=versions(), created=stamp())
-    return Circuit.from_keep(model, best.keep, task.name, loss=best.loss,
-                             loss_uncalibrated=best.loss_uncalibrated,
-                             calibration={"scale": best.scale, "shift": best.shift},
-                             target_loss=cfg.target_loss, ablation=cfg.ablation,
-                             freeze_norm=cfg.freeze_norm, provenance=prov)
+    edges = [{t: count_edges(model, layout.to_sets(keep)) for t, (keep, _) in r.found.items()}
+             for r in runs]
+    rows = [trial_row(r, e, layout.total, targets) for r, e in zip(runs, edges)]
+    if log:
+        for i, row in enumerate(rows):
+            if row["status"] != "ok":
+                log(f"  trial {i + 1} (k_coef {row['k_coef']:g}, lr {row['lr']:g}): "
+                    f"{row['status']}")
+    circuits: dict[float, Circuit | None] = {}
+    for t in targets:
+        at = [i for i, r in enumerate(runs) if t in r.found]
+        if not at:
+            circuits[t] = None
+            continue
+        best = min(at, key=lambda i: (edges[i][t], runs[i].found[t][1].loss))
+        keep, probe = runs[best].found[t]
+        prov = dict(provenance or {})
+        prov.update(model_hash=model_hash(model),
+                    pairs=dict(train=len(split.train) // 2, val=len(split.val) // 2),
+                    search=dict(budget=budget, jobs=jobs, trials=rows, chosen=best),
+                    full_model_loss=round(full_loss, 4), empty_loss=round(empty_loss, 4),
+                    mask_curve=runs[best].curve, still_falling=runs[best].still_falling,
+                    bisection_probes=runs[best].probes,
+                    seconds=round(time.perf_counter() - t0, 1), versions=versions(),
+                    created=stamp())
+        circuits[t] = Circuit.from_keep(
+            model, keep, task.name, config=replace(runs[best].cfg, target_loss=t), task_ref=ref,
+            loss=probe.loss, loss_uncalibrated=probe.loss_uncalibrated,
+            calibration=dict(scale=probe.scale, bound=bound), provenance=prov)
+    return Search(task.name, targets, circuits, full_loss, empty_loss, bound, rows,
+                  time.perf_counter() - t0)
+
+
+def trial_row(r: TrialResult, edges: dict, total: int, targets) -> dict:
+    """One trial of a search as a plain record: its settings, what it found at each target,
+    and whether it collapsed (kept a large share of the model) or never reached a target."""
+    at = {str(t): (dict(nodes=int(r.found[t][0].sum()), edges=edges[t],
+                        loss=round(r.found[t][1].loss, 4),
+                        loss_uncalibrated=round(r.found[t][1].loss_uncalibrated, 4))
+                   if t in r.found else None) for t in targets}
+    sizes = [int(keep.sum()) for keep, _ in r.found.values()]
+    status = ("not reached" if not sizes else
+              "collapsed" if max(sizes) > COLLAPSED * total else "ok")
+    return dict(k_coef=r.cfg.k_coef, lr=r.cfg.lr, seed=r.cfg.seed, status=status,
+                nodes_on=r.curve[-1][2], still_falling=r.still_falling, targets=at,
+                seconds=round(r.seconds, 1))
+
+
+def cannot_do(task: str, full_loss: float, target: float) -> str:
+    chance = math.log(2)
+    msg = (f"the model cannot do task '{task}': its own loss on the task's val pairs is "
+           f"{full_loss:.3f}, above the target {target:g} (chance is {chance:.3f}), so no "
+           "circuit of it can reach the target; pick a task the model does (`sparsecircuits "
+           "eval RUN --tasks all`)")
+    looser = math.ceil(full_loss * 110) / 100
+    if looser < 0.9 * chance:
+        msg += f", or a looser target such as --target-loss {looser:g}"
+    return msg + "."
+
+
+def find_circuit(model, tok, task: Task | str, cfg: PruneConfig | None = None, *,
+                 budget: int = DEFAULT_BUDGET, jobs: int | None = None,
+                 stats: PretrainingStats | None = None, corpus=None,
+                 provenance: dict | None = None, log=print) -> Circuit:
+    """The circuit of `task` at `cfg.target_loss`: `search` for one target."""
+    cfg = (cfg or PruneConfig()).validate()
+    found = search(model, tok, task, (cfg.target_loss,), cfg, budget=budget, jobs=jobs,
+                   stats=stats, corpus=corpus, provenance=provenance, log=log)
+    circuit = found.circuits[cfg.target_loss]
+    if circuit is None and found.full_loss > cfg.target_loss:  # a control the model never had
+        raise UserError(
+            f"the model cannot do task '{found.task}': its own val loss is "
+            f"{found.full_loss:.3f}, and no circuit of it reaches the target "
+            f"{cfg.target_loss:g} in {budget} pruning runs. For a control that is the expected "
+            "result; otherwise pick a task the model does (`sparsecircuits eval RUN --tasks all`).")
+    if circuit is None:
+        raise UserError(
+            f"no circuit of task '{found.task}' reaches the target {cfg.target_loss:g} in "
+            f"{budget} pruning runs, though the full model does (val loss "
+            f"{found.full_loss:.3f}); try a larger --budget or more --steps.")
+    if log and circuit.provenance["still_falling"]:
+        log(f"warning: the kept-node count was still falling when mask training ended "
+            f"({circuit.provenance['mask_curve'][-1][2]} nodes on); more --steps would likely "
+            "find a smaller circuit.")
+    return circuit
 
 
 def task_reference(name: str) -> str:
@@ -157,14 +294,11 @@ def open_run(run_dir: str | Path):
 
 
 def prune(run_dir: str | Path, task: str, out: str | Path | None = None, *,
-          budget: int = 3, jobs: int | None = None, log=print, **settings) -> Circuit:
+          budget: int = DEFAULT_BUDGET, jobs: int | None = None, log=print,
+          **settings) -> Circuit:
     """Load a run, find the circuit for `task` (see `find_circuit`), and save it to `out`."""
-    unknown = set(settings) - set(PruneConfig.field_names())
-    if unknown:
-        raise UserError(f"unknown pruning settings {sorted(unknown)}; valid: "
-                        f"{', '.join(PruneConfig.field_names())}.")
+    cfg = PruneConfig.from_dict(settings)
     model, tok, corpus = open_run(run_dir)
-    cfg = PruneConfig(**settings)
     circuit = find_circuit(model, tok, task, cfg, budget=budget, jobs=jobs, corpus=corpus,
                            provenance=dict(run_dir=str(Path(run_dir).resolve()),
                                            corpus=str(corpus.path)), log=log)

@@ -3,8 +3,15 @@
 Every sequence is scored by the difference `d = z[target] - z[alt]` of the pair's two answer
 logits at its last token. The right answer's margin is `sign * d` (sign +1 where the right
 answer is `target`), and the per-sequence loss is `softplus(-margin)`: the two-token contrast
-cross-entropy of `tasks.metrics`. Calibration (a logit scale and shift fitted by LBFGS) acts on
-`d` as `scale * d + shift`.
+cross-entropy of `tasks.metrics`.
+
+Calibration is a temperature only: `scale * d` with 0 < scale <= a bound. The paper fits a
+logit scale and shift; a shift shared by every logit cancels in a two-way softmax, so only the
+scale acts on a two-token loss. An offset on `d` itself would be a free per-task bias: it
+solves any constant-answer control with an empty circuit and passes circuits worse than the
+empty one, so there is none. The bound (`scale_bound`) is the scale the full model itself
+needs on the same pairs, at least 1: a circuit may be made as confident as the calibrated
+model, never more, so a faint signal cannot be amplified into a pass.
 """
 
 from __future__ import annotations
@@ -84,38 +91,45 @@ def logit_diffs(model, data: TaskData, masks: dict[str, torch.Tensor] | None = N
     return torch.cat(out).cpu()[torch.argsort(order)]
 
 
-def losses(d: torch.Tensor, sign: torch.Tensor, scale: float = 1.0, shift: float = 0.0):
-    """Per-sequence contrast loss of logit differences `d` after calibration."""
-    return F.softplus(-sign * (scale * d + shift))
+def losses(d: torch.Tensor, sign: torch.Tensor, scale: float = 1.0):
+    """Per-sequence contrast loss of logit differences `d` at temperature 1 / `scale`."""
+    return F.softplus(-sign * (scale * d))
 
 
-def accuracy(d: torch.Tensor, sign: torch.Tensor, scale: float = 1.0, shift: float = 0.0) -> float:
-    return float((sign * (scale * d + shift) > 0).float().mean())
+def accuracy(d: torch.Tensor, sign: torch.Tensor) -> float:
+    """Fraction of sequences whose right answer out-scores the other (no scale changes it)."""
+    return float((sign * d > 0).float().mean())
 
 
-def calibrate(d: torch.Tensor, sign: torch.Tensor, steps: int = 16) -> tuple[float, float]:
-    """The logit scale and shift minimising the mean loss: 16 LBFGS steps, as in the paper.
-
-    A shift shared by both answer logits cancels in a two-way softmax, so the shift acts on
-    their difference. The scale is a temperature, kept positive (fitted as its log): a negative
-    one would flip the circuit's answers and let it "do" the inverted task for free. Starts at
-    (1, 0), and keeps that start if the fit does not lower the loss.
+def calibrate(d: torch.Tensor, sign: torch.Tensor, max_scale: float = math.inf,
+              steps: int = 16) -> float:
+    """The scale in (0, max_scale] minimising the mean loss of `scale * d`: 16 LBFGS steps on
+    its logarithm (as the paper fits its calibration), then clipped to the bound. The mean loss
+    is convex in the scale, so the clipped optimum is the best scale within the bound. Keeps 1
+    (or the bound, if below 1) when the fit does not lower the loss.
     """
     d, sign = d.detach().double(), sign.double()
-    params = torch.zeros(2, dtype=torch.float64, requires_grad=True)  # log scale, shift
-    opt = torch.optim.LBFGS([params], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    log_scale = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_scale], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.softplus(-sign * (params[0].exp() * d + params[1])).mean()
+        loss = F.softplus(-sign * (log_scale.exp() * d)).mean()
         loss.backward()
         return loss
 
     with torch.enable_grad():  # callers probe circuits under no_grad
-        start = float(closure().detach())
         opt.step(closure)
-    scale, shift = float(params[0].detach().exp()), float(params[1].detach())
-    if not (math.isfinite(scale) and math.isfinite(shift)
-            and float(losses(d, sign, scale, shift).mean()) <= start):
-        return 1.0, 0.0
-    return scale, shift
+    start = min(1.0, max_scale)
+    scale = min(float(log_scale.detach().exp()), max_scale)
+    if not (math.isfinite(scale) and scale > 0
+            and float(losses(d, sign, scale).mean()) <= float(losses(d, sign, start).mean())):
+        return start
+    return scale
+
+
+def scale_bound(d_full: torch.Tensor, sign: torch.Tensor, cap: float = 100.0) -> float:
+    """The largest calibration scale a circuit may get on these pairs: the full model's own
+    fitted scale on them, at least 1 (and at most `cap`, for a model that separates them
+    perfectly, whose fitted scale grows without end)."""
+    return max(1.0, calibrate(d_full, sign, cap))

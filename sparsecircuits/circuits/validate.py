@@ -2,7 +2,8 @@
 
 Every figure is measured on the task's test split (templates and values that pruning never
 saw), with the circuit's own ablation. Loss is the per-sequence contrast cross-entropy;
-"calibrated" applies the circuit's logit scale and shift, fitted during pruning.
+"calibrated" applies the circuit's temperature (a bounded logit scale, fitted on the val pairs
+during pruning); every calibrated loss is reported beside the uncalibrated one.
 
     sufficiency     the circuit alone (everything else ablated)
     necessity       the full model with only the circuit ablated
@@ -26,11 +27,11 @@ import torch
 from ..errors import UserError
 from ..tasks import get_task
 from ..tasks.core import inverted
-from .ablation import PretrainingStats
+from .ablation import Ablation, PretrainingStats
 from .circuit import Circuit, stamp
 from .nodes import NodeLayout
-from .pruning import PruneConfig, TaskSplit, prune_run, resolve_values
-from .search import frozen
+from .pruning import TaskSplit, resolve_values
+from .search import frozen, search
 from .taskdata import TaskData, accuracy, calibrate, logit_diffs, losses
 
 CLEARLY_BELOW = 0.5   # a circuit is convincing if at most this fraction of its control's size
@@ -145,16 +146,15 @@ def reinitialised(model, seed: int = 0):
     return twin
 
 
-def control_size(model, tok, task, cfg: PruneConfig, stats) -> dict:
-    """Prune once with `cfg`; nodes and edges of the result, or reached=False."""
-    split = TaskSplit(model, tok, task, cfg)
-    values = resolve_values(model, cfg, split, stats)
-    with frozen(model):
-        run = prune_run(model, split, values, cfg, log=None)
-    if not run.reached:
-        return dict(reached=False, loss=round(run.loss, 4))
-    c = Circuit.from_keep(model, run.keep, task.name)
-    return dict(reached=True, nodes=c.num_nodes, edges=c.num_edges, loss=round(run.loss, 4))
+def control_size(model, tok, task, cfg, stats, budget: int, bound: float) -> dict:
+    """The same search as the circuit's, for a control; nodes and edges of what it finds."""
+    found = search(model, tok, task, (cfg.target_loss,), cfg, budget=budget, jobs=1,
+                   stats=stats, bound=bound, control=True, log=None)
+    c = found.circuits[cfg.target_loss]
+    if c is None:
+        return dict(reached=False, trials=budget)
+    return dict(reached=True, nodes=c.num_nodes, edges=c.num_edges, loss=round(c.loss, 4),
+                loss_uncalibrated=round(c.loss_uncalibrated, 4), trials=budget)
 
 
 def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = None, corpus=None,
@@ -167,11 +167,8 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
             raise UserError("validation resamples pretraining activations: pass a corpus (or "
                             "stats).")
         stats = PretrainingStats.cached(model, corpus, log=log)
-    task = get_task(circuit.provenance.get("task") or circuit.task)
-    cfg = PruneConfig(**{k: v for k, v in circuit.provenance.get("config", {}).items()
-                         if k in PruneConfig.field_names()})
-    cfg = replace(cfg, ablation=circuit.ablation, freeze_norm=circuit.freeze_norm,
-                  target_loss=circuit.target_loss or cfg.target_loss)
+    task = get_task(circuit.task_ref)
+    cfg = circuit.config
     layout = NodeLayout(model)
     pairs = task.pairs(n, "test", seed=seed, at_most=True)
     if len(pairs) < TaskSplit.MIN_PAIRS:
@@ -182,7 +179,7 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
     test = TaskData.from_pairs(tok, task.name, pairs, model.cfg.block_size)
     values = resolve_values(model, cfg, TaskSplit(model, tok, task, cfg), stats)
     keep = circuit.keep_vector(model)
-    cal = circuit.calibration
+    scale, bound = circuit.calibration["scale"], circuit.calibration["bound"]
     fn = cfg.freeze_norm
     g = torch.Generator().manual_seed(seed)
 
@@ -192,16 +189,15 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
         d_full = logit_diffs(model, test)
         full = _metrics(d_full, test.sign)
         d_c = _kept_diffs(model, test, values, keep, fn)
-        suff = dict(loss=_loss(d_c, test.sign, cal["scale"], cal["shift"]),
-                    loss_uncalibrated=_loss(d_c, test.sign),
-                    accuracy=accuracy(d_c, test.sign, cal["scale"], cal["shift"]))
+        suff = dict(loss=_loss(d_c, test.sign, scale), loss_uncalibrated=_loss(d_c, test.sign),
+                    accuracy=_r(accuracy(d_c, test.sign)), scale=_r(scale))
         d_n = _kept_diffs(model, test, values, ~keep, fn)
         nec = _metrics(d_n, test.sign)
         d_e = _kept_diffs(model, test, values, torch.zeros_like(keep), fn)
         empty = _metrics(d_e, test.sign)
         # the answer may be readable without any node: the last token's embedding reaches the
         # unembedding directly, and the bigram table reads it too
-        empty["loss_calibrated"] = _loss(d_e, test.sign, *calibrate(d_e, test.sign))
+        empty["loss_calibrated"] = _loss(d_e, test.sign, calibrate(d_e, test.sign, bound))
         span = empty["loss"] - full["loss"]
         faith = (empty["loss"] - _loss(d_c, test.sign)) / span if span > 1e-9 else float("nan")
         compl = (empty["loss"] - nec["loss"]) / span if span > 1e-9 else float("nan")
@@ -211,17 +207,17 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
         rand = []
         for _ in range(draws):
             d_r = _kept_diffs(model, test, values, random_same_sizes(layout, keep, g), fn)
-            rand.append(_loss(d_r, test.sign, *calibrate(d_r, test.sign)))
+            rand.append(_loss(d_r, test.sign, calibrate(d_r, test.sign, bound)))
         rand_t = torch.tensor(rand)
 
         if log:
             log(f"stochastic ablation, {draws} draws ...")
         sto = []
-        means = stats.means if cfg.ablation == "mean" else values
+        means = stats.means if cfg.ablation is Ablation.MEAN else values
         for _ in range(draws):
             v = stochastic_values(layout, keep, stats, means, len(test), g)
             d_s = logit_diffs(model, test, layout.split(keep.float()), v, fn)
-            sto.append(_loss(d_s, test.sign, cal["scale"], cal["shift"]))
+            sto.append(_loss(d_s, test.sign, scale))
         sto_t = torch.tensor(sto)
 
     size = dict(nodes=circuit.num_nodes, edges=circuit.num_edges)
@@ -235,10 +231,12 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
         provenance=dict(circuit_model_hash=circuit.model_hash, seed=seed, created=stamp()))
 
     if controls:
+        budget = circuit.provenance.get("search", {}).get("budget", 1)
         runs = {
             "control: inverted labels": (model, inverted(task), cfg, stats),
             "control: re-initialised model": None,
-            "sensitivity: zero ablation": (model, task, replace(cfg, ablation="zero"), stats),
+            "sensitivity: zero ablation": (model, task, replace(cfg, ablation=Ablation.ZERO),
+                                           stats),
             "sensitivity: frozen norm": (model, task, replace(cfg, freeze_norm=True), stats),
         }
         for name, args in runs.items():
@@ -249,7 +247,7 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
                 twin_stats = PretrainingStats.compute(twin, _bank_source(corpus, stats))
                 args = (twin, task, cfg, twin_stats)
             m, t, c, s = args
-            result = control_size(m, tok, t, c, s)
+            result = control_size(m, tok, t, c, s, budget, bound)
             (report.controls if name.startswith("control") else report.sensitivity)[name] = result
     report.verdicts, report.convincing = _verdicts(report, cfg.target_loss)
     return report
@@ -262,8 +260,8 @@ def _bank_source(corpus, stats):
     return corpus.train
 
 
-def _loss(d, sign, scale=1.0, shift=0.0) -> float:
-    return _r(losses(d, sign, scale, shift).mean())
+def _loss(d, sign, scale=1.0) -> float:
+    return _r(losses(d, sign, scale).mean())
 
 
 def _metrics(d, sign) -> dict:

@@ -135,8 +135,7 @@ def _circuit_loss(circuit, model, data, values, keep=None) -> float:
     layout = NodeLayout(model)
     keep = circuit.keep_vector(model) if keep is None else keep
     d = logit_diffs(model, data, layout.split(keep.float()), values, circuit.freeze_norm)
-    cal = circuit.calibration
-    return float(losses(d, data.sign, cal["scale"], cal["shift"]).mean())
+    return float(losses(d, data.sign, circuit.calibration["scale"]).mean())
 
 
 @torch.no_grad()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from ..circuits.ablation import PretrainingStats
 from ..circuits.circuit import Circuit
-from ..circuits.pruning import PruneConfig, TaskSplit, resolve_values
+from ..circuits.pruning import TaskSplit, resolve_values
 from ..circuits.taskdata import TaskData
 from ..errors import UserError
 from ..tasks import get_task
@@ -14,16 +12,13 @@ from .cards import node_cards, prompt_activations
 
 
 def circuit_task(circuit: Circuit):
-    return get_task(circuit.provenance.get("task") or circuit.task)
+    return get_task(circuit.task_ref)
 
 
 def circuit_values(circuit: Circuit, model, tok, stats: PretrainingStats):
     """The ablation values the circuit was found with."""
-    cfg = PruneConfig(**{k: v for k, v in circuit.provenance.get("config", {}).items()
-                         if k in PruneConfig.field_names()})
-    cfg = replace(cfg, ablation=circuit.ablation)
-    task = circuit_task(circuit)
-    return resolve_values(model, cfg, TaskSplit(model, tok, task, cfg), stats)
+    cfg = circuit.config
+    return resolve_values(model, cfg, TaskSplit(model, tok, circuit_task(circuit), cfg), stats)
 
 
 def gather(circuit: Circuit, model, tok, corpus, *, pairs: int = 32, browse: int = 6,
@@ -50,7 +45,7 @@ def gather(circuit: Circuit, model, tok, corpus, *, pairs: int = 32, browse: int
         meta=dict(task=task.name, description=task.description, nodes=circuit.num_nodes,
                   edges=circuit.num_edges, loss=circuit.loss,
                   loss_uncalibrated=circuit.loss_uncalibrated, calibration=circuit.calibration,
-                  target_loss=circuit.target_loss, ablation=circuit.ablation,
+                  target_loss=circuit.target_loss, ablation=str(circuit.ablation),
                   freeze_norm=circuit.freeze_norm, model_hash=circuit.model_hash,
                   run_dir=circuit.provenance.get("run_dir"), n_layer=cfg.n_layer,
                   d_model=cfg.d_model, d_mlp=cfg.d_mlp, afrac=cfg.afrac,

@@ -13,11 +13,12 @@ MEANINGS = {
     "full model": "the behaviour as the whole model does it",
     "sufficiency": "the circuit alone, every other node ablated, after calibration; at most the "
                    "target means the circuit carries the behaviour",
-    "sufficiency before calibration": "the same without the fitted logit scale and shift",
+    "sufficiency before calibration": "the same without the fitted temperature",
     "necessity": "the full model with only the circuit ablated; far above the full model means the "
                  "model has no other route",
     "empty circuit": "every node ablated: the floor every other figure is judged against",
-    "empty circuit, calibrated": "the same with a fitted logit scale and shift; at most the target "
+    "empty circuit, calibrated": "the same with a fitted temperature (bounded like the circuit's); "
+                                 "at most the target "
                                  "means the last token alone gives the answer away (TRIVIAL)",
     "random circuits (median)": "circuits with the same number of nodes at every site, drawn at "
                                 "random and calibrated on the test pairs themselves",
@@ -35,10 +36,13 @@ def caveats(circuit: Circuit, v: dict) -> list[str]:
     raw = v["sufficiency"]["loss_uncalibrated"]
     cal = circuit.calibration
     if raw > target:
-        out.append(f"Calibration was needed: before the fitted scale {cal['scale']:.2f} and shift "
-                   f"{cal['shift']:.2f}, the circuit's test loss is {raw:.3f}, above the target "
-                   f"{target}. The circuit ranks the answers right more than it sizes its logits "
-                   "right.")
+        out.append(f"Calibration was needed: before its logits are scaled by {cal['scale']:.2f} "
+                   f"(the bound is {cal['bound']:.2f}, the full model's own fitted scale), the "
+                   f"circuit's test loss is {raw:.3f}, above the target {target}. The circuit "
+                   "ranks the answers right more than it sizes its logits right.")
+    if cal["scale"] > 10:
+        out.append(f"The calibration scale is {cal['scale']:.1f}x: the circuit's own signal is "
+                   "faint, and only a large temperature makes it confident.")
     for line in v.get("verdicts", []):
         if line.startswith(("FAIL", "UNCONVINCING", "TRIVIAL")):
             out.append(line)
@@ -92,18 +96,26 @@ def build_report(circuit: Circuit, validation: dict, data: dict, run_info: dict,
         ["nodes", counts["nodes"]], ["edges (nonzero weights between kept nodes)", counts["edges"]],
         ["nodes by site", ", ".join(f"{k} {n}" for k, n in counts["nodes_by_site"].items())],
         ["edges by kind", ", ".join(f"{k} {n}" for k, n in counts["edges_by_kind"].items())],
-        ["held-out loss (calibrated / before)", f"{circuit.loss:.3f} / {circuit.loss_uncalibrated:.3f}"
+        ["val loss (calibrated / uncalibrated)",
+         f"{circuit.loss:.3f} / {circuit.loss_uncalibrated:.3f}"
          if circuit.loss is not None else "n/a"],
-        ["calibration (scale, shift)", f"{circuit.calibration['scale']:.3f}, "
-                                       f"{circuit.calibration['shift']:.3f}"],
-        ["ablation", circuit.ablation + (", frozen norm" if circuit.freeze_norm else "")]])
+        ["calibration scale (bound)", f"{circuit.calibration['scale']:.3f} "
+                                      f"({circuit.calibration['bound']:.3f})"],
+        ["ablation", str(circuit.ablation) + (", frozen norm" if circuit.freeze_norm else "")]])
     trials = circuit.provenance.get("search", {}).get("trials", [])
     if trials:
         doc.p(f"Search: {len(trials)} pruning runs; the smallest circuit (in edges) reaching the "
               "target was kept.")
-        doc.table(["k_coef", "lr", "seed", "nodes", "edges", "loss", "seconds"],
-                  [[t["k_coef"], t["lr"], t["seed"], t["nodes"], t["edges"], t["loss"],
-                    t["seconds"]] for t in trials])
+        key = str(circuit.target_loss)
+
+        def at(t, what):
+            found = t["targets"].get(key)
+            return found[what] if found else "-"
+        doc.table(["k_coef", "lr", "seed", "status", "nodes", "edges", "loss (calibrated)",
+                   "loss (uncalibrated)", "seconds"],
+                  [[t["k_coef"], t["lr"], t["seed"], t["status"], at(t, "nodes"),
+                    at(t, "edges"), at(t, "loss"), at(t, "loss_uncalibrated"), t["seconds"]]
+                   for t in trials])
 
     doc.h(2, "Validation")
     doc.p(f"On {v['test_pairs']} test-split pairs (templates or values pruning never saw).")

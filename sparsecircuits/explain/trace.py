@@ -119,9 +119,8 @@ def trace_prompt(circuit: Circuit, model, tok, stats: PretrainingStats, prompt: 
     layout = NodeLayout(model)
     values = circuit_values(circuit, model, tok, stats)
     keep = circuit.keep_vector(model).float()
-    # calibration is a scale on the circuit's logits; a "shift" left in older circuit files is
-    # a fixed bias toward one answer, nothing the circuit computes, so it is not applied
-    scale = float(circuit.calibration.get("scale", 1.0))
+    # calibration is a temperature on the circuit's logits (circuits.taskdata.calibrate)
+    scale = float(circuit.calibration["scale"])
 
     def diff(mask_vec=None):
         hooks = [mask_hook(layout.split(mask_vec), values)] if mask_vec is not None else []

@@ -1,10 +1,10 @@
 """Sparse vs dense: circuit size at a sweep of target losses, the paper's central comparison.
 
-For every task and model, each pruning run of the search trains its masks once; the ranking it
-gives is then bisected for every target loss (sharing every probe between targets), and at each
-target the smallest circuit (in edges) over the runs is kept. At each target, the geometric mean
-of edge counts is taken over the tasks that *both* models reach there, and the dense/sparse ratio
-of those means is the figure the paper reports (about 16x at 0.15).
+For every task and model, `circuits.search` (the search `prune` runs) finds the smallest
+circuit at every target loss. At each target, the geometric mean of edge counts is taken over
+the tasks that *both* models reach there, and the dense/sparse ratio of those means is the
+figure the paper reports (about 16x at 0.15). A task is admitted only where both full models
+reach the paper's target on the test split, which pruning never sees.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -20,60 +19,13 @@ import torch
 from ..checkpoint import (atomic_write, atomic_write_text, output_dir, read_run_config,
                           versions)
 from ..circuits.ablation import PretrainingStats, model_hash
-from ..circuits.circuit import Circuit, count_edges
-from ..circuits.nodes import NodeLayout
-from ..circuits.pruning import (PruneConfig, TaskSplit, bisect_circuit, resolve_values,
-                                train_masks)
-from ..circuits.search import frozen, open_run, search_trials
-from ..circuits.taskdata import logit_diffs, losses
+from ..circuits.pruning import PruneConfig
+from ..circuits.search import DEFAULT_BUDGET, open_run, search
 from ..errors import UserError
 from ..parallel import default_jobs, run_jobs
 from ..tasks import PAPER_TASKS, get_task
 
 DEFAULT_TARGETS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02)
-
-
-def task_frontier(model, tok, task, stats, targets, cfg: PruneConfig, budget: int = 1,
-                  log=print, circuits_at=(), provenance: dict | None = None):
-    """{full_loss, targets: {target: {nodes, edges, loss, ...} or None}} for one model and task,
-    and the `Circuit` objects at the targets in `circuits_at` (the smallest found there)."""
-    split = TaskSplit(model, tok, task, cfg)
-    values = resolve_values(model, cfg, split, stats)
-    layout = NodeLayout(model)
-    best: dict[float, dict | None] = {t: None for t in targets}
-    keeps: dict[float, tuple] = {}
-    with frozen(model):
-        full = float(losses(logit_diffs(model, split.heldout), split.heldout.sign).mean())
-        for trial in search_trials(cfg, budget):
-            scores = train_masks(model, split.train, values, trial, layout, log=None)
-            probes: dict = {}
-            for t in sorted(targets, reverse=True):
-                keep, k, (loss, raw, scale, shift), _, reached = bisect_circuit(
-                    model, split.heldout, values, scores, replace(trial, target_loss=t), layout,
-                    probes)
-                if not reached:
-                    continue
-                edges = count_edges(model, layout.to_sets(keep))
-                if best[t] is None or edges < best[t]["edges"]:
-                    best[t] = dict(nodes=k, edges=edges, loss=round(loss, 4),
-                                   loss_uncalibrated=round(raw, 4), k_coef=trial.k_coef,
-                                   lr=trial.lr, seed=trial.seed)
-                    keeps[t] = (keep, loss, raw, scale, shift, trial)
-    circuits = {}
-    for t in circuits_at:
-        if t in keeps:
-            keep, loss, raw, scale, shift, trial = keeps[t]
-            prov = dict(model_hash=model_hash(model), task=task.name, split="train",
-                        config=asdict(replace(trial, target_loss=t)),
-                        hyperparameters=trial.hyperparameters(), versions=versions())
-            prov.update(provenance or {})  # the caller's task reference (a file path) wins
-            circuits[t] = Circuit.from_keep(model, keep, task.name, loss=loss,
-                                            loss_uncalibrated=raw,
-                                            calibration={"scale": scale, "shift": shift},
-                                            target_loss=t, ablation=cfg.ablation,
-                                            freeze_norm=cfg.freeze_norm, provenance=prov)
-    result = dict(full_loss=round(full, 4), targets={str(t): best[t] for t in targets})
-    return (result, circuits) if circuits_at else result
 
 
 def geomean(xs) -> float | None:
@@ -119,12 +71,12 @@ def _r(x):
 
 
 def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None, *,
-            budget: int = 1, steps: int = 100, n_check: int = 64, jobs: int | None = None,
-            log=print) -> dict:
+            budget: int = DEFAULT_BUDGET, steps: int = PruneConfig.steps, n_check: int = 64,
+            jobs: int | None = None, log=print) -> dict:
     """Prune every task at every target in both models; write JSON and the frontier plot.
     `jobs` (default: one per core) is how many (task, model) searches run at once, each in
     its own process."""
-    from ..tasks.metrics import task_metrics
+    from ..tasks.metrics import TARGET_LOSS, task_metrics
     targets = tuple(sorted({float(t) for t in targets}, reverse=True))
     if not targets or any(not 0 < t < 1 for t in targets):
         raise UserError(f"targets {targets} must be losses between 0 and 1 (e.g. 0.5 0.15 0.02).")
@@ -148,12 +100,12 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
         full = {}
         for m, (model, tok, _, _) in models.items():
             with torch.no_grad():
-                full[m] = task_metrics(model, tok, task, n=n_check, split="train", seed=1).loss
-        if max(full.values()) > max(targets):
+                full[m] = task_metrics(model, tok, task, n=n_check, split="test").loss
+        if max(full.values()) > TARGET_LOSS:
             skipped[name] = {m: round(v, 3) for m, v in full.items()}
             if log:
-                log(f"{name}: skipped (full-model loss sparse {full['sparse']:.3f}, dense "
-                    f"{full['dense']:.3f}; above every target)")
+                log(f"{name}: skipped (full-model test loss sparse {full['sparse']:.3f}, dense "
+                    f"{full['dense']:.3f}; both must reach {TARGET_LOSS})")
         else:
             included.append(name)
     work = [dict(task=n, model=m, run=str(models[m][3]), targets=targets, cfg=cfg, budget=budget)
@@ -189,9 +141,9 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
 def _frontier_job(a: dict, model, tok, stats) -> dict:
     """One task in one model: its frontier over the targets."""
     t0 = time.perf_counter()
-    frontier = task_frontier(model, tok, get_task(a["task"]), stats, a["targets"], a["cfg"],
-                             a["budget"], log=None)
-    return dict(task=a["task"], model=a["model"], frontier=frontier,
+    found = search(model, tok, a["task"], a["targets"], a["cfg"], budget=a["budget"], jobs=1,
+                   stats=stats, log=None)
+    return dict(task=a["task"], model=a["model"], frontier=found.frontier(),
                 seconds=time.perf_counter() - t0)
 
 
