@@ -167,13 +167,15 @@ def _log_now(*args):
 
 def cmd_demo(a):
     from .demo import demo
-    demo(a.out, jobs=a.jobs, log=_log_now)
+    demo(a.out, jobs=a.jobs, budget=a.budget, log=_log_now)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .circuits.ablation import ABLATIONS
     from .circuits.pruning import PruneConfig
     from .circuits.search import DEFAULT_BUDGET
+    from .demo import DEMO_BUDGET
+    from .study.compare import DEFAULT_TARGETS
     from .tasks.metrics import TARGET_LOSS
     p = argparse.ArgumentParser(prog="sparsecircuits", description=(
         "Train weight-sparse transformers on Python code and inspect them."))
@@ -293,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tasks (default: every suite task both models bring below the "
                          "loosest target)")
     cp.add_argument("--targets", nargs="+", type=float, metavar="LOSS",
-                    default=[0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02])
+                    default=list(DEFAULT_TARGETS))
     cp.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
                     help="pruning runs per task and model (the same search as prune)")
     cp.add_argument("--steps", type=int, default=PruneConfig.steps,
@@ -316,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="sparsecircuits-demo", metavar="DIR")
     d.add_argument("--jobs", type=int, default=None,
                    help="circuits worked on at once, one process each (default: one per core)")
+    d.add_argument("--budget", type=int, default=DEMO_BUDGET,
+                   help=f"trials of the circuit search per circuit (prune's default: "
+                        f"{DEFAULT_BUDGET})")
     d.set_defaults(fn=cmd_demo)
     return p
 

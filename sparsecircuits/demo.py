@@ -22,7 +22,8 @@ from .parallel import default_jobs, run_jobs
 from .tasks.metrics import TARGET_LOSS
 
 SHIPPED = Path(__file__).parent / "shipped"
-DEMO_TARGETS = (0.5, 0.3, 0.15, 0.05)
+DEMO_TARGETS = (0.5, 0.3, TARGET_LOSS, 0.05)
+DEMO_BUDGET = 4   # the first half of prune's trial grid: minutes, not tens of minutes
 TARGET = TARGET_LOSS   # a model does a task at this loss or below; the circuit at it is the one
                        # shown, validated and reported
 
@@ -53,18 +54,22 @@ class Progress:
 
 
 def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, tasks=None,
-         targets=DEMO_TARGETS, jobs: int | None = None, log=print) -> Path:
+         targets=DEMO_TARGETS, jobs: int | None = None, budget: int = DEMO_BUDGET,
+         log=print) -> Path:
     """Run the demo into `out`. `jobs` (default: one per core, each on its own thread) is how
-    many (task, model) circuits are worked on at once, in separate processes."""
+    many (task, model) circuits are worked on at once, in separate processes; `budget` is the
+    number of trials of the circuit search (`circuits.search`) for each."""
     from .circuits import open_run
     from .circuits.ablation import PretrainingStats
     from .circuits.pruning import PruneConfig, TaskSplit, empty_circuit_loss, resolve_values
-    from .circuits.search import DEFAULT_BUDGET, task_reference
+    from .circuits.search import task_reference
     from .study.compare import _model_info, plot_frontier, summarize
     from .tasks import PAPER_TASKS, get_task
 
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs} must be at least 1.")
+    if budget < 1:
+        raise UserError(f"--budget {budget} must be at least 1 trial.")
     out = output_dir(out)
     sparse_run, dense_run = runs or shipped_runs()
     log(f"sparsecircuits demo: circuits in a weight-sparse and a dense model, written to {out}")
@@ -123,7 +128,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     log(f"    pruning at targets {', '.join(map(str, targets))}, validating and reporting "
         f"{len(work)} circuits ({len(both)} tasks x 2 models), {jobs} at a time")
     args = [dict(task=n, ref=refs[n], model=m, run=str(models[m]["run"]), targets=tuple(targets),
-                 cfg=cfg, folder=str(out / folder(n)), report=(m == "sparse"))
+                 cfg=cfg, budget=budget, folder=str(out / folder(n)), report=(m == "sparse"))
             for n, m in work]
     per_task, found, validations = {n: {} for n in both}, {}, {}
     started = lambda a: log(f"    working on {a['task']}, {a['model']} model")  # noqa: E731
@@ -144,7 +149,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     rows = summarize(per_task, targets)
     result = dict(sparse=_model_info(sparse_run, models["sparse"]["model"]),
                   dense=_model_info(dense_run, models["dense"]["model"]),
-                  targets=list(targets), budget=DEFAULT_BUDGET, steps=cfg.steps, tasks=per_task,
+                  targets=list(targets), budget=budget, steps=cfg.steps, tasks=per_task,
                   summary=rows,
                   given_away={n: {m: round(v, 4) for m, v in e.items()}
                               for n, e in given_away.items()},
@@ -161,7 +166,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     for r in rows:
         if r["ratio"]:
             log(f"  at loss {r['target']}: dense circuits have {r['ratio']:.1f}x the edges of "
-                f"sparse ones (geometric mean over {len(r['tasks'])} tasks; the paper: ~16x at 0.15)")
+                f"sparse ones (geometric mean over {len(r['tasks'])} tasks; the paper: ~16x at {TARGET})")
     log(f"\ndone in {progress.elapsed():.0f}s; open {out / 'index.html'}")
     return out
 
@@ -188,8 +193,9 @@ def _circuit_job(a: dict, d: dict) -> dict:
     from .circuits.search import search
     t0 = time.perf_counter()
     n, m, where = a["task"], a["model"], Path(a["folder"])
-    found = search(d["model"], d["tok"], a["ref"], a["targets"], a["cfg"], jobs=1,
-                   stats=d["stats"], provenance=dict(run_dir=str(d["run"].resolve())), log=None)
+    found = search(d["model"], d["tok"], a["ref"], a["targets"], a["cfg"], budget=a["budget"],
+                   jobs=1, stats=d["stats"], provenance=dict(run_dir=str(d["run"].resolve())),
+                   log=None)
     frontier, c = found.frontier(), found.circuits.get(TARGET)
     v = None
     if c is not None:

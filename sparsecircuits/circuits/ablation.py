@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from .nodes import NodeLayout
 
 
 
-class Ablation(str, Enum):
+class Ablation(StrEnum):
     """What a pruned node is held at."""
     MEAN = "mean"              # its mean over pretraining tokens (the paper's choice)
     ZERO = "zero"
@@ -38,9 +38,6 @@ class Ablation(str, Enum):
         except ValueError:
             raise UserError(f"unknown ablation '{kind}'; use one of "
                             f"{', '.join(a.value for a in cls)}.") from None
-
-    def __str__(self) -> str:
-        return self.value
 
 
 ABLATIONS = tuple(a.value for a in Ablation)

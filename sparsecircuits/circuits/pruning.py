@@ -14,7 +14,6 @@ set of trials; it is the one place circuits are found.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 

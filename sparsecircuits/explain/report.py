@@ -32,7 +32,7 @@ MEANINGS = {
 
 def caveats(circuit: Circuit, v: dict) -> list[str]:
     out = []
-    target = circuit.target_loss or 0.15
+    target = circuit.target_loss
     raw = v["sufficiency"]["loss_uncalibrated"]
     cal = circuit.calibration
     if raw > target:

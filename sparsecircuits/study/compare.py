@@ -24,8 +24,9 @@ from ..circuits.search import DEFAULT_BUDGET, open_run, search
 from ..errors import UserError
 from ..parallel import default_jobs, run_jobs
 from ..tasks import PAPER_TASKS, get_task
+from ..tasks.metrics import TARGET_LOSS
 
-DEFAULT_TARGETS = (0.5, 0.3, 0.2, 0.15, 0.1, 0.05, 0.02)
+DEFAULT_TARGETS = (0.5, 0.3, 0.2, TARGET_LOSS, 0.1, 0.05, 0.02)
 
 
 def geomean(xs) -> float | None:
@@ -76,7 +77,7 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
     """Prune every task at every target in both models; write JSON and the frontier plot.
     `jobs` (default: one per core) is how many (task, model) searches run at once, each in
     its own process."""
-    from ..tasks.metrics import TARGET_LOSS, task_metrics
+    from ..tasks.metrics import task_metrics
     targets = tuple(sorted({float(t) for t in targets}, reverse=True))
     if not targets or any(not 0 < t < 1 for t in targets):
         raise UserError(f"targets {targets} must be losses between 0 and 1 (e.g. 0.5 0.15 0.02).")
@@ -121,9 +122,9 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
     for r in run_jobs(work, jobs, local, _frontier_in_worker, started):
         per_task[r["task"]][r["model"]] = r["frontier"]
         if log:
-            at = r["frontier"]["targets"].get("0.15")
+            at = r["frontier"]["targets"].get(str(TARGET_LOSS))
             log(f"{r['task']}, {r['model']} model: done in {r['seconds']:.0f}s"
-                + (f" ({at['edges']} edges at 0.15)" if at else ""))
+                + (f" ({at['edges']} edges at {TARGET_LOSS})" if at else ""))
     per_task = {n: {m: per_task[n][m] for m in models} for n in included}  # finishing order aside
     rows = summarize(per_task, targets)
     result = dict(
@@ -166,6 +167,16 @@ def format_summary(result: dict) -> str:
         if r.get("zero_edge_tasks"):
             lines.append(f"left out at {r['target']:g} (a circuit with no edge: the last token "
                          f"gives the answer away): {', '.join(r['zero_edge_tasks'])}")
+    key = str(TARGET_LOSS)
+    if any(key in r[m]["targets"] for r in result["tasks"].values() for m in ("sparse", "dense")):
+        lines += ["", f"per task at {key} (val loss calibrated / uncalibrated):",
+                  f"{'task':<28} {'model':<7} {'nodes':>6} {'edges':>8} {'loss':>6} {'uncal.':>7}"]
+        for name, r in result["tasks"].items():
+            for m in ("sparse", "dense"):
+                c = r[m]["targets"].get(key)
+                lines.append(f"{name:<28} {m:<7} " + (
+                    f"{c['nodes']:>6} {c['edges']:>8} {c['loss']:>6.3f} "
+                    f"{c['loss_uncalibrated']:>7.3f}" if c else "no circuit reaches the target"))
     return "\n".join(lines)
 
 
