@@ -166,7 +166,8 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     for r in rows:
         if r["ratio"]:
             log(f"  at loss {r['target']}: dense circuits have {r['ratio']:.1f}x the edges of "
-                f"sparse ones (geometric mean over {len(r['tasks'])} tasks; the paper: ~16x at {TARGET})")
+                f"sparse ones (geometric mean over {len(r['tasks'])} tasks; the paper: ~16x at "
+                f"{TARGET})")
     log(f"\ndone in {progress.elapsed():.0f}s; open {out / 'index.html'}")
     return out
 
