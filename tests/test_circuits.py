@@ -106,6 +106,35 @@ def test_logit_diffs_batch_by_length_and_keep_each_sequence_its_own_values():
     assert (moved != same).nonzero().flatten().tolist() == [4]
 
 
+def test_per_position_values_follow_their_sequence_and_position():
+    """Values of shape (N, T, dim) (interchange, resampling): each batch cuts them to its own
+    padded length, and each sequence gets its own row, position by position."""
+    model = random_model()
+    layout = NodeLayout(model)
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([5, 17, 9, 3, 12, 17, 8])
+    idx = torch.randint(0, 512, (7, 17), generator=g) * (torch.arange(17) < lengths[:, None])
+    data = TaskData(idx, lengths, torch.randint(0, 512, (7,), generator=g),
+                    torch.randint(0, 512, (7,), generator=g), torch.ones(7))
+    keep = torch.zeros(layout.total)
+    for site in ("attn.in", "attn.q", "attn.k", "attn.v", "attn.out"):  # layer 1 reads back
+        keep[layout.slices()[f"blocks.1.{site}"]] = 1
+    masks = layout.split(keep)
+    shared = random_values(model)
+    own = {k: v.expand(7, 17, -1).clone() for k, v in shared.items()}
+    with torch.no_grad():
+        same = logit_diffs(model, data, masks, shared, batch=2)
+        assert torch.allclose(logit_diffs(model, data, masks, own, batch=2), same, atol=1e-6)
+        own["blocks.0.mlp.out"][4, 3] += 5.0    # sequence 4 (12 tokens), position 3
+        own["blocks.0.mlp.out"][3, 10] += 5.0   # sequence 3 has 3 tokens: padding, unread
+        moved = logit_diffs(model, data, masks, own, batch=2)
+        assert (moved != same).nonzero().flatten().tolist() == [4]
+        alone = {k: v[4:5, :12] for k, v in own.items()}
+        with model.hooks(mask_hook(masks, alone)):
+            last = model(idx[4:5, :12])[0, -1]
+    assert torch.allclose(moved[4], last[data.target[4]] - last[data.alt[4]], atol=1e-5)
+
+
 def test_frozen_norm_with_every_node_kept_matches_the_model():
     model = random_model()
     layout = NodeLayout(model)
