@@ -12,7 +12,8 @@ import torch
 from sparsecircuits.circuits import (Ablation, Circuit, NodeLayout, PretrainingStats, PruneConfig,
                                      bisect_smallest, derive_edges, find_circuit, heaviside,
                                      mask_hook, validate)
-from sparsecircuits.circuits.circuit import count_edges
+from sparsecircuits.circuits.checks import aligned_positions, attribution_scores, random_matched_edges
+from sparsecircuits.circuits.circuit import count_edges, link_counts, weight_links
 from sparsecircuits.circuits.pruning import (Judge, TaskSplit, empty_circuit_loss,
                                              resolve_values)
 from sparsecircuits.circuits.search import search
@@ -314,6 +315,61 @@ def test_random_circuits_keep_the_per_site_sizes():
     assert not torch.equal(r, keep)
 
 
+def sparse_model(density=0.06, seed=0):
+    """The 2-layer random model with most of its matrix weights zeroed, as in a sparse model."""
+    m = random_model(seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                p.mul_(torch.rand(p.shape, generator=g) < density)
+    return m
+
+
+def test_random_circuits_match_the_edges_on_every_link():
+    m = sparse_model()
+    layout = NodeLayout(m)
+    g = torch.Generator().manual_seed(1)
+    nodes: dict[str, set] = {}
+    links = weight_links(m)
+    for _ in range(12):   # a circuit of 12 random weight edges, and two nodes with no edge
+        s, d, W = links[int(torch.randint(len(links), (1,), generator=g))]
+        nz = W.nonzero()
+        r, c = nz[int(torch.randint(len(nz), (1,), generator=g))].tolist()
+        nodes.setdefault(s, set()).add(c)
+        nodes.setdefault(d, set()).add(r)
+    nodes.setdefault("blocks.1.attn.out", set()).update({3, 4})
+    keep = layout.from_sets({s: sorted(v) for s, v in nodes.items()})
+    want = link_counts(m, layout.to_sets(keep))
+    assert sum(want.values()) >= 12
+    for seed in range(4):
+        r = random_matched_edges(m, keep, torch.Generator().manual_seed(seed))
+        assert link_counts(m, layout.to_sets(r)) == want     # every link, every layer
+        assert keep.sum() <= r.sum() <= 1.2 * keep.sum()     # and about as many nodes
+        assert not torch.equal(r, keep)
+    # random sets of as many nodes per site, the old control, have few of those edges
+    same_sizes = []
+    for _ in range(10):
+        out = torch.zeros_like(keep)
+        for sl in layout.slices().values():
+            out[sl.start + torch.randperm(sl.stop - sl.start, generator=g)[:int(keep[sl].sum())]] = True
+        same_sizes.append(count_edges(m, layout.to_sets(out)))
+    assert sum(same_sizes) / len(same_sizes) < 0.5 * sum(want.values())
+
+
+def test_random_circuits_of_the_planted_path_are_paths(planted_setup):
+    model, *_ = planted_setup
+    layout = NodeLayout(model)
+    keep = layout.from_sets(PLANTED)
+    want = link_counts(model, PLANTED)
+    for seed in range(6):
+        r = random_matched_edges(model, keep, torch.Generator().manual_seed(seed))
+        assert link_counts(model, layout.to_sets(r)) == want
+        assert {s: len(v) for s, v in layout.to_sets(r).items() if v} == \
+            {s: len(v) for s, v in PLANTED.items()}
+        assert not torch.equal(r, keep)
+
+
 def test_reinitialised_model_keeps_the_sparsity_pattern():
     m = random_model()
     with torch.no_grad():
@@ -452,6 +508,50 @@ def test_validation_passes_the_planted_circuit_and_fails_a_random_one(planted_se
         assert not any(line.startswith("TRIVIAL") for line in v.verdicts + v2.verdicts)
     finally:
         del SUITE["planted"]
+
+
+def test_attribution_is_gradient_times_distance_to_the_ablation_value():
+    """Read off an all-ones mask on the one forward pass, it equals |dL/dx * (x - v)| summed
+    over sequences and positions, computed here by hand from recorded activations."""
+    model = random_model()
+    layout = NodeLayout(model)
+    g = torch.Generator().manual_seed(4)
+    lengths = torch.tensor([6, 11, 4, 11, 9])
+    idx = torch.randint(0, 512, (5, 11), generator=g) * (torch.arange(11) < lengths[:, None])
+    data = TaskData(idx, lengths, torch.randint(0, 512, (5,), generator=g),
+                    torch.randint(0, 512, (5,), generator=g), torch.tensor([1., -1, 1, -1, 1]))
+    values = random_values(model)
+    scores = layout.split(attribution_scores(model, data, values, batch=2))
+    want = {s: torch.zeros(n) for s, n in zip(layout.sites, layout.sizes)}
+    for i, n in enumerate(lengths.tolist()):
+        seen = {}
+
+        def record(name, x, seen=seen):
+            x.retain_grad()
+            seen[name] = x
+            return x
+        with model.hooks(record):
+            last = model(idx[i:i + 1, :n])[0, -1]
+        losses(last[data.target[i]] - last[data.alt[i]], data.sign[i]).backward()
+        for s, x in seen.items():
+            want[s] += (x.grad * (x.detach() - values[s])).abs().sum((0, 1))
+    for s in layout.sites:
+        assert torch.allclose(scores[s], want[s], rtol=1e-4, atol=1e-7), s
+    assert all(p.requires_grad for p in model.parameters())  # the model is left as it was
+
+
+def test_aligned_positions_keep_the_common_start_and_align_the_last_tokens():
+    def seqs(*rows):
+        n = max(map(len, rows))
+        return TaskData(torch.tensor([r + [0] * (n - len(r)) for r in rows]),
+                        torch.tensor([len(r) for r in rows]), torch.zeros(len(rows), dtype=torch.long),
+                        torch.zeros(len(rows), dtype=torch.long), torch.ones(len(rows)))
+    a = seqs([1, 2, 3, 9, 9, 5, 6], [1, 2, 3, 8, 5, 6], [1, 2, 3, 4])
+    b = seqs([1, 2, 3, 8, 5, 6], [1, 2, 3, 9, 9, 5, 6], [1, 2])
+    at = aligned_positions(a, b)
+    assert at[0].tolist() == [0, 1, 2, 3, 3, 4, 5]          # the longer span squeezed in
+    assert at[1, :6].tolist() == [0, 1, 2, 4, 5, 6]         # last takes last
+    assert at[2, :4].tolist() == [0, 1, 1, 1]               # never past the source's end
 
 
 def test_empty_circuit_loss_is_the_bisections_judgement_of_no_node(planted_setup):
