@@ -6,13 +6,14 @@ node-site hooks (`validate.py` runs them and judges the figures).
     aligned_positions      which position of another prompt each position reads from
     all_activations        the full-model activations of a set of prompts, if they fit
     swapped_diffs          logit differences with some nodes taking another prompt's values
+    stochastic_values      the harsh test's per-sequence values from random pretraining tokens
 """
 
 from __future__ import annotations
 
 import torch
 
-from .ablation import site_activations
+from .ablation import PretrainingStats, site_activations
 from .circuit import weight_links
 from .nodes import NodeLayout
 from .search import frozen
@@ -190,3 +191,16 @@ def swapped_diffs(model, data: TaskData, masks: dict[str, torch.Tensor], src: to
         vals = {s: theirs[s].gather(1, at.expand(-1, -1, theirs[s].shape[-1])) for s in names}
         out.append(logit_diffs(model, part, swapped, vals, freeze_norm))
     return torch.cat(out)
+
+
+def stochastic_values(layout, keep, stats: PretrainingStats, means, n_seq, g):
+    """Per-sequence ablation values: a random half of the non-circuit nodes take the activation
+    of one random pretraining token (per sequence), the rest keep their mean."""
+    vals = {}
+    for site, sl in layout.slices().items():
+        bank = stats.bank[site]
+        resample = torch.rand(sl.stop - sl.start, generator=g) < 0.5
+        tok = bank[torch.randint(len(bank), (n_seq,), generator=g)]          # (n_seq, dim)
+        v = torch.where(resample & ~keep[sl], tok, means[site].expand_as(tok))
+        vals[site] = v.unsqueeze(1)                                          # (n_seq, 1, dim)
+    return vals
