@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--run", metavar="RUN_DIR", help="the circuit's run (default: as recorded)")
     va.add_argument("--out", metavar="VALIDATION.json", help="also write the figures as JSON")
     va.add_argument("--n", type=int, default=128, help="test pairs")
-    va.add_argument("--draws", type=int, default=20, help="random circuits / stochastic draws")
+    va.add_argument("--draws", type=int, default=20,
+                    help="random circuits, resampling and stochastic draws")
     va.add_argument("--no-controls", action="store_true",
                     help="skip the controls and sensitivity prunings (faster)")
     va.add_argument("--seed", type=int, default=0)

@@ -12,12 +12,13 @@ import torch
 from sparsecircuits.circuits import (Ablation, Circuit, NodeLayout, PretrainingStats, PruneConfig,
                                      bisect_smallest, derive_edges, find_circuit, heaviside,
                                      mask_hook, validate)
-from sparsecircuits.circuits.circuit import count_edges
+from sparsecircuits.circuits.circuit import count_edges, link_counts, weight_links
 from sparsecircuits.circuits.pruning import (Judge, TaskSplit, empty_circuit_loss,
                                              resolve_values)
 from sparsecircuits.circuits.search import search
 from sparsecircuits.circuits.taskdata import TaskData, calibrate, logit_diffs, losses, scale_bound
-from sparsecircuits.circuits.validate import random_same_sizes, reinitialised
+from sparsecircuits.circuits.checks import aligned_positions, attribution_scores, random_matched_edges
+from sparsecircuits.circuits.validate import reinitialised
 from sparsecircuits.config import ModelConfig
 from sparsecircuits.corpus import Corpus
 from sparsecircuits.errors import UserError
@@ -104,6 +105,35 @@ def test_logit_diffs_batch_by_length_and_keep_each_sequence_its_own_values():
     same = logit_diffs(model, data, keep, shared, batch=2)
     moved = logit_diffs(model, data, keep, own, batch=2)
     assert (moved != same).nonzero().flatten().tolist() == [4]
+
+
+def test_per_position_values_follow_their_sequence_and_position():
+    """Values of shape (N, T, dim) (interchange, resampling): each batch cuts them to its own
+    padded length, and each sequence gets its own row, position by position."""
+    model = random_model()
+    layout = NodeLayout(model)
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([5, 17, 9, 3, 12, 17, 8])
+    idx = torch.randint(0, 512, (7, 17), generator=g) * (torch.arange(17) < lengths[:, None])
+    data = TaskData(idx, lengths, torch.randint(0, 512, (7,), generator=g),
+                    torch.randint(0, 512, (7,), generator=g), torch.ones(7))
+    keep = torch.zeros(layout.total)
+    for site in ("attn.in", "attn.q", "attn.k", "attn.v", "attn.out"):  # layer 1 reads back
+        keep[layout.slices()[f"blocks.1.{site}"]] = 1
+    masks = layout.split(keep)
+    shared = random_values(model)
+    own = {k: v.expand(7, 17, -1).clone() for k, v in shared.items()}
+    with torch.no_grad():
+        same = logit_diffs(model, data, masks, shared, batch=2)
+        assert torch.allclose(logit_diffs(model, data, masks, own, batch=2), same, atol=1e-6)
+        own["blocks.0.mlp.out"][4, 3] += 5.0    # sequence 4 (12 tokens), position 3
+        own["blocks.0.mlp.out"][3, 10] += 5.0   # sequence 3 has 3 tokens: padding, unread
+        moved = logit_diffs(model, data, masks, own, batch=2)
+        assert (moved != same).nonzero().flatten().tolist() == [4]
+        alone = {k: v[4:5, :12] for k, v in own.items()}
+        with model.hooks(mask_hook(masks, alone)):
+            last = model(idx[4:5, :12])[0, -1]
+    assert torch.allclose(moved[4], last[data.target[4]] - last[data.alt[4]], atol=1e-5)
 
 
 def test_frozen_norm_with_every_node_kept_matches_the_model():
@@ -274,15 +304,59 @@ def test_circuit_json_round_trip_and_model_binding(tmp_path):
         Circuit.load(tmp_path / "missing.json")
 
 
-def test_random_circuits_keep_the_per_site_sizes():
-    m = random_model()
+def sparse_model(density=0.06, seed=0):
+    """The 2-layer random model with most of its matrix weights zeroed, as in a sparse model."""
+    m = random_model(seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                p.mul_(torch.rand(p.shape, generator=g) < density)
+    return m
+
+
+def test_random_circuits_match_the_edges_on_every_link():
+    m = sparse_model()
     layout = NodeLayout(m)
-    keep = torch.zeros(layout.total, dtype=torch.bool)
-    keep[torch.randperm(layout.total)[:40]] = True
-    r = random_same_sizes(layout, keep, torch.Generator().manual_seed(0))
-    for sl in layout.slices().values():
-        assert int(r[sl].sum()) == int(keep[sl].sum())
-    assert not torch.equal(r, keep)
+    g = torch.Generator().manual_seed(1)
+    nodes: dict[str, set] = {}
+    links = weight_links(m)
+    for _ in range(12):   # a circuit of 12 random weight edges, and two nodes with no edge
+        s, d, W = links[int(torch.randint(len(links), (1,), generator=g))]
+        nz = W.nonzero()
+        r, c = nz[int(torch.randint(len(nz), (1,), generator=g))].tolist()
+        nodes.setdefault(s, set()).add(c)
+        nodes.setdefault(d, set()).add(r)
+    nodes.setdefault("blocks.1.attn.out", set()).update({3, 4})
+    keep = layout.from_sets({s: sorted(v) for s, v in nodes.items()})
+    want = link_counts(m, layout.to_sets(keep))
+    assert sum(want.values()) >= 12
+    for seed in range(4):
+        r = random_matched_edges(m, keep, torch.Generator().manual_seed(seed))
+        assert link_counts(m, layout.to_sets(r)) == want     # every link, every layer
+        assert keep.sum() <= r.sum() <= 1.2 * keep.sum()     # and about as many nodes
+        assert not torch.equal(r, keep)
+    # random sets of as many nodes per site, the old control, have few of those edges
+    same_sizes = []
+    for _ in range(10):
+        out = torch.zeros_like(keep)
+        for sl in layout.slices().values():
+            out[sl.start + torch.randperm(sl.stop - sl.start, generator=g)[:int(keep[sl].sum())]] = True
+        same_sizes.append(count_edges(m, layout.to_sets(out)))
+    assert sum(same_sizes) / len(same_sizes) < 0.5 * sum(want.values())
+
+
+def test_random_circuits_of_the_planted_path_are_paths(planted_setup):
+    model, *_ = planted_setup
+    layout = NodeLayout(model)
+    keep = layout.from_sets(PLANTED)
+    want = link_counts(model, PLANTED)
+    for seed in range(6):
+        r = random_matched_edges(model, keep, torch.Generator().manual_seed(seed))
+        assert link_counts(model, layout.to_sets(r)) == want
+        assert {s: len(v) for s, v in layout.to_sets(r).items() if v} == \
+            {s: len(v) for s, v in PLANTED.items()}
+        assert not torch.equal(r, keep)
 
 
 def test_reinitialised_model_keeps_the_sparsity_pattern():
@@ -395,34 +469,219 @@ def test_every_ablation_recovers_the_planted_circuit(planted_setup, ablation, fr
         assert c.nodes == PLANTED
 
 
-def test_validation_passes_the_planted_circuit_and_fails_a_random_one(planted_setup):
-    model, corpus, task, stats = planted_setup
+def validate_planted(model, nodes, stats, tok, task, n=64, draws=8, **kw):
     from sparsecircuits.tasks import SUITE
     SUITE["planted"] = task  # validation looks tasks up by name
     try:
-        cfg = PruneConfig(train_pairs=64, val_pairs=32)
-        good = Circuit.from_nodes(model, PLANTED, "planted", config=cfg)
-        v = validate(good, model, corpus.tokenizer, stats=stats, n=64, draws=8, controls=False,
-                     log=None)
-        assert v.convincing, v.format()
-        assert v.sufficiency["loss"] <= 0.15
-        assert v.necessity["loss"] > 0.6
-        assert v.faithfulness > 0.9
-        assert v.random["beaten_by"] == 0
-
-        g = torch.Generator().manual_seed(5)
-        layout = NodeLayout(model)
-        rand_keep = random_same_sizes(layout, good.keep_vector(model), g)
-        bad = Circuit.from_keep(model, rand_keep, "planted", config=cfg)
-        assert bad.nodes != PLANTED
-        v2 = validate(bad, model, corpus.tokenizer, stats=stats, n=64, draws=8, controls=False,
-                      log=None)
-        assert not v2.convincing
-        assert v2.sufficiency["loss"] > 0.5
-        assert any(line.startswith("FAIL sufficiency") for line in v2.verdicts)
-        assert not any(line.startswith("TRIVIAL") for line in v.verdicts + v2.verdicts)
+        c = Circuit.from_nodes(model, nodes, "planted",
+                               config=PruneConfig(train_pairs=64, val_pairs=32), **kw)
+        return validate(c, model, tok, stats=stats, n=n, draws=draws, controls=False, log=None)
     finally:
         del SUITE["planted"]
+
+
+def judged(v, name):
+    """The verdict line of one check."""
+    return next(line for line in v.verdicts if line.split(" ", 1)[1].startswith(name))
+
+
+def test_validation_passes_the_planted_circuit_and_fails_a_random_one(planted_setup):
+    model, corpus, task, stats = planted_setup
+    v = validate_planted(model, PLANTED, stats, corpus.tokenizer, task)
+    assert v.convincing, v.format()
+    assert v.sufficiency["loss"] <= 0.15
+    assert v.necessity["loss"] > 0.6
+    assert v.faithfulness > 0.9
+    assert v.random["beaten_by"] == 0
+    assert v.random["edges"] == [2] * 8 and v.random["nodes"] == [3] * 8  # matched draws
+    assert v.attribution["overlap"] == 3           # attribution finds the planted path too
+    assert v.interchange["flipped"] >= 0.95 and v.interchange["random_max"] <= 0.1
+    assert v.resample["mean"] <= 0.15
+    assert all(judged(v, k).startswith("PASS") for k in (
+        "sufficiency", "faithfulness", "completeness", "necessity", "random circuits",
+        "attribution", "interchange", "resampling"))
+    assert judged(v, "stochastic ablation (harsh").startswith("NOTE")
+    assert v.summary.startswith("The planted circuit (3 nodes, 2 edges) is convincing")
+    assert v.format().startswith("The planted circuit") and "not judged" in v.format()
+
+    g = torch.Generator().manual_seed(5)
+    rand_keep = random_matched_edges(model, NodeLayout(model).from_sets(PLANTED), g)
+    bad = {s: v for s, v in NodeLayout(model).to_sets(rand_keep).items() if v}
+    assert bad != PLANTED
+    v2 = validate_planted(model, bad, stats, corpus.tokenizer, task)
+    assert not v2.convincing
+    assert v2.sufficiency["loss"] > 0.5
+    for name in ("sufficiency", "faithfulness", "attribution", "interchange"):
+        assert judged(v2, name).startswith("FAIL"), name
+        assert name in v2.summary
+    assert "is not convincing" in v2.summary
+    assert not any(line.startswith("TRIVIAL") for line in v.verdicts + v2.verdicts)
+
+
+def redundant(tok):
+    """A 1-layer sparse model whose answer every path carries: each neuron reads two of the
+    signal channels 0-7 (+1 on token A, -1 on token B) and writes one of the channels 16-31
+    that the answers' unembedding rows read, all with positive weights, so any path
+    mlp.in -> mlp.neuron -> mlp.out does the task and none is needed."""
+    model, task = planted(tok)
+    ids = {k: tok.encode(model.planted_words[k], add_special_tokens=False).ids[0]
+           for k in ("a", "b", "target", "alt")}
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.blocks[0].parameters():
+            if p.ndim == 2:
+                p.zero_()
+        model.blocks[0].attn.c_attn.bias.zero_()
+        model.blocks[0].attn.c_proj.bias.zero_()
+        model.wte.weight[:, :8] = 0
+        model.wte.weight[:, 16:] = 0
+        model.wte.weight[ids["a"], :8], model.wte.weight[ids["b"], :8] = 1.0, -1.0
+        mlp = model.blocks[0].mlp
+        for j in range(64):
+            reads = torch.randperm(8, generator=g)[:2]
+            mlp.c_fc.weight[j, reads] = 0.8 + 0.4 * torch.rand(2, generator=g)
+            writes = 16 + int(torch.randint(16, (1,), generator=g))
+            mlp.c_proj.weight[writes, j] = 0.8 + 0.4 * float(torch.rand(1, generator=g))
+        mlp.c_fc.bias.fill_(3.0)
+        mlp.c_proj.bias.copy_(-mlp.c_proj.weight.sum(1) * torch.nn.functional.gelu(torch.tensor(3.0)))
+        model.lm_head.weight[[ids["target"], ids["alt"]]] = 0
+        model.lm_head.weight[ids["target"], 16:], model.lm_head.weight[ids["alt"], 16:] = 2.0, -2.0
+    return model, task
+
+
+def test_random_circuits_with_as_many_edges_catch_a_circuit_any_path_could_be(planted_setup):
+    """In `redundant`, one path does the task alone, and so does any random path: random
+    circuits with as many edges (paths too) do as well, and the check fails. Random sets of
+    as many nodes per site rarely form a path in a sparse model, so they could not tell."""
+    _, corpus, task, _ = planted_setup
+    model, task = redundant(corpus.tokenizer)
+    stats = PretrainingStats.compute(model, corpus.train, windows=16)
+    fc, proj = model.blocks[0].mlp.c_fc.weight, model.blocks[0].mlp.c_proj.weight
+    j = int(torch.argmin(fc.sum(1) * proj.sum(0)))   # the weakest neuron
+    path = {"blocks.0.mlp.in": [int(fc[j].nonzero()[0])], "blocks.0.mlp.neuron": [j],
+            "blocks.0.mlp.out": [int(proj[:, j].nonzero()[0])]}
+    v = validate_planted(model, path, stats, corpus.tokenizer, task)
+    assert v.sufficiency["loss"] <= 0.15, v.format()    # the path does the task alone ...
+    assert v.random["edges"] == [2] * 8
+    assert v.random["beaten_by"] >= 6, v.format()       # ... and so do random paths
+    assert judged(v, "random circuits").startswith("FAIL")
+    assert judged(v, "interchange").startswith("FAIL")  # the other paths decide the answer
+    assert not v.convincing and "random circuits" in v.summary
+
+
+def test_attribution_is_gradient_times_distance_to_the_ablation_value():
+    """Read off an all-ones mask on the one forward pass, it equals |dL/dx * (x - v)| summed
+    over sequences and positions, computed here by hand from recorded activations."""
+    model = random_model()
+    layout = NodeLayout(model)
+    g = torch.Generator().manual_seed(4)
+    lengths = torch.tensor([6, 11, 4, 11, 9])
+    idx = torch.randint(0, 512, (5, 11), generator=g) * (torch.arange(11) < lengths[:, None])
+    data = TaskData(idx, lengths, torch.randint(0, 512, (5,), generator=g),
+                    torch.randint(0, 512, (5,), generator=g), torch.tensor([1., -1, 1, -1, 1]))
+    values = random_values(model)
+    scores = layout.split(attribution_scores(model, data, values, batch=2))
+    want = {s: torch.zeros(n) for s, n in zip(layout.sites, layout.sizes)}
+    for i, n in enumerate(lengths.tolist()):
+        seen = {}
+
+        def record(name, x, seen=seen):
+            x.retain_grad()
+            seen[name] = x
+            return x
+        with model.hooks(record):
+            last = model(idx[i:i + 1, :n])[0, -1]
+        losses(last[data.target[i]] - last[data.alt[i]], data.sign[i]).backward()
+        for s, x in seen.items():
+            want[s] += (x.grad * (x.detach() - values[s])).abs().sum((0, 1))
+    for s in layout.sites:
+        assert torch.allclose(scores[s], want[s], rtol=1e-4, atol=1e-7), s
+    assert all(p.requires_grad for p in model.parameters())  # the model is left as it was
+
+
+def test_aligned_positions_keep_the_common_start_and_align_the_last_tokens():
+    def seqs(*rows):
+        n = max(map(len, rows))
+        return TaskData(torch.tensor([r + [0] * (n - len(r)) for r in rows]),
+                        torch.tensor([len(r) for r in rows]), torch.zeros(len(rows), dtype=torch.long),
+                        torch.zeros(len(rows), dtype=torch.long), torch.ones(len(rows)))
+    a = seqs([1, 2, 3, 9, 9, 5, 6], [1, 2, 3, 8, 5, 6], [1, 2, 3, 4])
+    b = seqs([1, 2, 3, 8, 5, 6], [1, 2, 3, 9, 9, 5, 6], [1, 2])
+    at = aligned_positions(a, b)
+    assert at[0].tolist() == [0, 1, 2, 3, 3, 4, 5]          # the longer span squeezed in
+    assert at[1, :6].tolist() == [0, 1, 2, 4, 5, 6]         # last takes last
+    assert at[2, :4].tolist() == [0, 1, 1, 1]               # never past the source's end
+
+
+def two_paths(model):
+    """The planted model with a second, stronger neuron on the planted path's channels:
+    neuron 1 also reads mlp.in[0] and writes mlp.out[1], with twice the weight."""
+    import copy
+    twin = copy.deepcopy(model)
+    mlp = twin.blocks[0].mlp
+    gelu3 = torch.nn.functional.gelu(torch.tensor(3.0))
+    with torch.no_grad():
+        mlp.c_fc.weight[1] = 0
+        mlp.c_fc.weight[1, 0] = 1.0
+        mlp.c_fc.bias[1] = 3.0
+        mlp.c_proj.weight[:, 1] = 0
+        mlp.c_proj.weight[1, 1] = 2.0
+        mlp.c_proj.bias[1] = -3 * gelu3
+    return twin
+
+
+def test_resampling_from_test_prompts_finds_a_node_the_mean_hides(planted_setup):
+    """Held at its mean, the second neuron is silent and the planted path passes; given its
+    value on another test prompt it carries that prompt's answer, and the resampling check
+    fails. The harsh pretraining resample rarely shows it such a prompt, so it misses it."""
+    _, corpus, task, _ = planted_setup
+    model = two_paths(planted_setup[0])
+    stats = PretrainingStats.compute(model, corpus.train, windows=16)
+    v = validate_planted(model, PLANTED, stats, corpus.tokenizer, task)
+    assert judged(v, "sufficiency").startswith("PASS"), v.format()
+    assert v.resample["mean"] > 2 * 0.15
+    assert judged(v, "resampling").startswith("FAIL")
+    assert v.stochastic["mean"] <= 2 * 0.15   # the harsh test, on pretraining tokens, passes
+    assert "resampling" in v.summary and not v.convincing
+
+
+def fake_validation(**change):
+    from sparsecircuits.circuits.validate import Validation
+    fields = dict(
+        task="t", circuit=dict(nodes=10, edges=12), test_pairs=128,
+        full_model=dict(loss=0.05, accuracy=1.0), empty=dict(loss=0.7, accuracy=0.5,
+                                                             loss_calibrated=0.69),
+        sufficiency=dict(loss=0.1, loss_uncalibrated=0.12, accuracy=0.98, scale=1.0),
+        necessity=dict(loss=0.7, accuracy=0.5), faithfulness=0.9, completeness=0.0,
+        random=dict(draws=20, losses=[0.69] * 20, median=0.69, min=0.6, beaten_by=0,
+                    edges=[12] * 20, nodes=[10] * 20),
+        attribution=dict(nodes=10, edges=3, overlap=4, loss=0.5, loss_uncalibrated=0.6,
+                         accuracy=0.7, scale=1.0),
+        interchange=dict(flipped=0.9, random=[0.0] * 20, random_median=0.0, random_max=0.05),
+        resample=dict(draws=20, losses=[0.12] * 20, mean=0.12, max=0.14),
+        stochastic=dict(draws=20, losses=[0.5] * 20, mean=0.5, max=0.6))
+    fields.update(change)
+    return Validation(**fields)
+
+
+@pytest.mark.parametrize("change,check", [
+    (dict(faithfulness=0.7), "faithfulness"),
+    (dict(completeness=-1.06), "completeness"),
+    (dict(necessity=dict(loss=0.2, accuracy=0.9)), "necessity"),
+])
+def test_verdicts_judge_faithfulness_and_completeness(change, check):
+    from sparsecircuits.circuits.validate import _verdicts
+    lines, ok, summary = _verdicts(fake_validation(), 0.15)
+    assert ok and "is convincing" in summary, lines
+    v = fake_validation(**change)
+    v.verdicts, v.convincing, v.summary = _verdicts(v, 0.15)
+    assert not v.convincing
+    assert judged(v, check).startswith("FAIL")
+    assert [line.split(":")[0] for line in v.verdicts if line.startswith("FAIL")] == \
+        [f"FAIL {check}"]
+    assert f"fails 1 check: {check} (" in v.summary
+    assert v.format().startswith(v.summary[:60])
+    assert v._repr_html_().index(v.summary[:40]) < v._repr_html_().index("<table>")
 
 
 def test_empty_circuit_loss_is_the_bisections_judgement_of_no_node(planted_setup):
@@ -487,6 +746,7 @@ def test_a_task_the_last_token_gives_away_is_flagged_trivial(planted_setup):
     assert v.empty["loss_calibrated"] <= 0.15
     assert not v.convincing
     assert v.verdicts[0].startswith("TRIVIAL task")
+    assert "not convincing" in v.summary and "trivial task (the last token" in v.summary
 
 
 # ----------------------------------------------------------------------------- honest judging

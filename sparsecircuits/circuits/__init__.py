@@ -3,8 +3,9 @@
     prune(run_dir, task)            load a run, search, save a Circuit (the `prune` command)
     search(model, tok, task, targets)  the one search: circuits at a list of target losses
     find_circuit(model, tok, task)  `search` at one target
-    validate(circuit, model, tok)   sufficiency, necessity, random circuits, faithfulness,
-                                    stochastic ablation, controls, ablation sensitivity
+    validate(circuit, model, tok)   sufficiency, necessity, faithfulness, completeness,
+                                    edge-matched random circuits, attribution, interchange,
+                                    resampling, stochastic ablation, controls, sensitivity
     Circuit                         kept nodes, edges, provenance; JSON; `applied(model, values)`
 """
 

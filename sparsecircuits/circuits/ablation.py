@@ -145,7 +145,8 @@ def ablation_values(kind: Ablation | str, model, *, stats: PretrainingStats | No
 def mask_hook(masks: dict[str, torch.Tensor], values: dict[str, torch.Tensor]):
     """x <- m * x + (1 - m) * v at every site: m = 1 keeps a node, m = 0 ablates it.
 
-    `values[site]` is (dim,) for a constant ablation or (B, 1, dim) for one value per sequence.
+    `values[site]` is (dim,) for a constant ablation, (B, 1, dim) for one value per sequence,
+    or (B, T, dim) for one value per sequence and position (interchange and resampling).
     """
     def hook(name, x):
         m = masks.get(name)

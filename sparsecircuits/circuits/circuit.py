@@ -57,34 +57,44 @@ def _layer_kind(site: str) -> tuple[int, str]:
     return int(layer), kind
 
 
+def layer_links(model, layer: int) -> list[tuple[str, str, torch.Tensor]]:
+    """The counted links of one layer: (source site, destination site, W), W the weights
+    between their nodes as (destination, source) on the CPU. The one definition of where an
+    edge can be: `derive_edges`, `count_edges` and the random circuits of validation read it."""
+    cfg, block, p = model.cfg, model.blocks[layer], f"blocks.{layer}."
+    d, da = cfg.d_model, cfg.d_attn
+    with torch.no_grad():
+        qkv = block.attn.c_attn.weight.detach().float().cpu()[:, :d]  # no position channels
+        out = [(p + "attn.in", p + f"attn.{kind}", qkv[part * da:(part + 1) * da])
+               for part, kind in enumerate(("q", "k", "v"))]
+        out.append((p + "attn.v", p + "attn.out", block.attn.c_proj.weight.detach().float().cpu()))
+        out.append((p + "mlp.in", p + "mlp.neuron", block.mlp.c_fc.weight.detach().float().cpu()[:, :d]))
+        out.append((p + "mlp.neuron", p + "mlp.out", block.mlp.c_proj.weight.detach().float().cpu()))
+    return out
+
+
+def weight_links(model) -> list[tuple[str, str, torch.Tensor]]:
+    """`layer_links` of every layer, in forward order."""
+    return [link for l in range(model.cfg.n_layer) for link in layer_links(model, l)]
+
+
 def derive_edges(model, nodes: dict[str, list[int]]) -> list[Edge]:
     """Weight edges, q-k links and residual links between the kept `nodes` of `model`."""
-    cfg = model.cfg
     kept = {s: torch.as_tensor(sorted(v), dtype=torch.long) for s, v in nodes.items() if v}
     out: list[Edge] = []
-
-    def weight_edges(W, src_site, dst_site, row_offset=0):
-        # every matrix is nn.Linear's (out, in), so the edge src -> dst is W[dst, src]
-        src, dst = kept.get(src_site), kept.get(dst_site)
-        if src is None or dst is None:
-            return
-        sub = W[dst + row_offset][:, src]
-        for r, c in torch.nonzero(sub).tolist():
-            out.append(Edge(NodeId(src_site, int(src[c])), NodeId(dst_site, int(dst[r])),
-                            float(sub[r, c])))
-
-    with torch.no_grad():
-        for l, block in enumerate(model.blocks):
-            p = f"blocks.{l}."
-            W = block.attn.c_attn.weight.detach().float().cpu()
-            for part, kind in enumerate(("q", "k", "v")):
-                weight_edges(W, p + "attn.in", p + f"attn.{kind}", part * cfg.d_attn)
-            weight_edges(block.attn.c_proj.weight.detach().float().cpu(), p + "attn.v", p + "attn.out")
-            weight_edges(block.mlp.c_fc.weight.detach().float().cpu(), p + "mlp.in", p + "mlp.neuron")
-            weight_edges(block.mlp.c_proj.weight.detach().float().cpu(), p + "mlp.neuron", p + "mlp.out")
-            q, k = set(nodes.get(p + "attn.q", ())), set(nodes.get(p + "attn.k", ()))
-            out += [Edge(NodeId(p + "attn.q", j), NodeId(p + "attn.k", j), 0.0, "qk")
-                    for j in sorted(q & k)]
+    for l in range(model.cfg.n_layer):
+        for src_site, dst_site, W in layer_links(model, l):
+            src, dst = kept.get(src_site), kept.get(dst_site)
+            if src is None or dst is None:
+                continue
+            sub = W[dst][:, src]
+            for r, c in torch.nonzero(sub).tolist():
+                out.append(Edge(NodeId(src_site, int(src[c])), NodeId(dst_site, int(dst[r])),
+                                float(sub[r, c])))
+        p = f"blocks.{l}."
+        q, k = set(nodes.get(p + "attn.q", ())), set(nodes.get(p + "attn.k", ()))
+        out += [Edge(NodeId(p + "attn.q", j), NodeId(p + "attn.k", j), 0.0, "qk")
+                for j in sorted(q & k)]
 
     # residual links: each kept write to every later kept read of the same channel
     order = model.site_names()
@@ -98,26 +108,19 @@ def derive_edges(model, nodes: dict[str, list[int]]) -> list[Edge]:
     return out
 
 
+def link_counts(model, keep_sets: dict[str, list[int]]) -> dict[tuple[str, str], int]:
+    """Weight edges between the kept nodes, per link (source site, destination site)."""
+    kept = {s: torch.as_tensor(v, dtype=torch.long) for s, v in keep_sets.items() if len(v)}
+    out = {}
+    for src, dst, W in weight_links(model):
+        a, b = kept.get(src), kept.get(dst)
+        out[(src, dst)] = 0 if a is None or b is None else int((W[b][:, a] != 0).sum())
+    return out
+
+
 def count_edges(model, keep_sets: dict[str, list[int]]) -> int:
     """The weight-edge count of `derive_edges`, without listing the edges (fast for big sets)."""
-    cfg = model.cfg
-    kept = {s: torch.as_tensor(v, dtype=torch.long) for s, v in keep_sets.items() if len(v)}
-    total = 0
-
-    def nnz(W, src_site, dst_site, row_offset=0):
-        src, dst = kept.get(src_site), kept.get(dst_site)
-        return 0 if src is None or dst is None else int((W[dst + row_offset][:, src] != 0).sum())
-
-    with torch.no_grad():
-        for l, block in enumerate(model.blocks):
-            p = f"blocks.{l}."
-            for part, kind in enumerate(("q", "k", "v")):
-                total += nnz(block.attn.c_attn.weight, p + "attn.in", p + f"attn.{kind}",
-                             part * cfg.d_attn)
-            total += nnz(block.attn.c_proj.weight, p + "attn.v", p + "attn.out")
-            total += nnz(block.mlp.c_fc.weight, p + "mlp.in", p + "mlp.neuron")
-            total += nnz(block.mlp.c_proj.weight, p + "mlp.neuron", p + "mlp.out")
-    return total
+    return sum(link_counts(model, keep_sets).values())
 
 
 @dataclass

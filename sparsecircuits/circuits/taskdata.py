@@ -62,7 +62,8 @@ def logit_diffs(model, data: TaskData, masks: dict[str, torch.Tensor] | None = N
                 batch: int = 64) -> torch.Tensor:
     """`z[target] - z[alt]` at each sequence's last token, with the nodes where `masks` is 0 held
     at `values` (no masks: the full model). Differentiable in the masks. A value of shape
-    (len(data), 1, dim) gives each sequence its own ablation value.
+    (len(data), 1, dim) gives each sequence its own ablation value; (len(data), T, dim), T at
+    least `data`'s padded length, one per sequence and position.
 
     Sequences run in batches of similar length (a task's prompt lengths often vary twofold, and
     a batch pads to its longest); the result is in `data`'s order."""
@@ -76,7 +77,8 @@ def logit_diffs(model, data: TaskData, masks: dict[str, torch.Tensor] | None = N
         at = part.lengths.to(device) - 1
         hooks = []
         if masks is not None:
-            own = {k: v[rows] if v.dim() == 3 else v for k, v in values.items()}
+            # a batch pads only to its own longest prompt: per-position values are cut to it
+            own = {k: v[rows, :x.shape[1]] if v.dim() == 3 else v for k, v in values.items()}
             hooks = [mask_hook(masks, own)]
         norms = []
         if freeze_norm and masks is not None:

@@ -2,15 +2,25 @@
 
 Every figure is measured on the task's test split (templates and values that pruning never
 saw), with the circuit's own ablation. Loss is the per-sequence contrast cross-entropy;
-"calibrated" applies the circuit's temperature (a bounded logit scale, fitted on the val pairs
-during pruning); every calibrated loss is reported beside the uncalibrated one.
+"calibrated" applies a temperature (a logit scale, at most the circuit's bound: the full
+model's own fitted scale); every calibrated loss is reported beside the uncalibrated one.
 
-    sufficiency     the circuit alone (everything else ablated)
+    sufficiency     the circuit alone (everything else ablated), at the circuit's own scale
     necessity       the full model with only the circuit ablated
-    random          circuits with the same number of nodes at every site, drawn at random
     faithfulness    (F(C) - F(empty)) / (F(model) - F(empty)), F = -loss (uncalibrated)
-    stochastic      a random half of the non-circuit nodes resampled from the activations of
-                    random pretraining tokens (one token per sequence), the rest at their mean
+    completeness    the same ratio for the complement of C
+    random          random circuits with the circuit's edge count on every link
+                    (`checks.random_matched_edges`), each calibrated on the test pairs
+    attribution     the top nodes by |gradient x (activation - ablation value)| on the train
+                    pairs, as many as the circuit has, calibrated on the val pairs as the
+                    circuit was
+    interchange     the circuit's nodes take their values on the pair's other prompt, the rest
+                    runs as in the full model: how often the answer flips to the other prompt's
+    resample        the non-circuit nodes take their values on another random test prompt, the
+                    circuit's nodes keep their own (ACDC-style, in distribution)
+    stochastic      the harsh test, reported but not judged: a random half of the non-circuit
+                    nodes take the activations of random pretraining tokens (one token per
+                    sequence), the rest their mean
     controls        circuit size for the inverted-label task, and for the task on a copy of
                     the model re-initialised with the same sparsity pattern
     sensitivity     circuit size under zero ablation and with frozen normalisation
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import textwrap
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -28,14 +39,29 @@ from ..errors import UserError
 from ..tasks import get_task
 from ..tasks.core import inverted
 from .ablation import Ablation, PretrainingStats
-from .circuit import Circuit, stamp
+from .checks import (all_activations, attribution_scores, random_matched_edges,
+                     stochastic_values, swapped_diffs)
+from .circuit import Circuit, count_edges, stamp
 from .nodes import NodeLayout
 from .pruning import TaskSplit, resolve_values
 from .search import frozen, search
 from .taskdata import TaskData, accuracy, calibrate, logit_diffs, losses
 
 CLEARLY_BELOW = 0.5   # a circuit is convincing if at most this fraction of its control's size
-NEAR_TARGET = 2.0     # stochastic ablation passes if its mean loss is at most this x target
+NEAR_TARGET = 2.0     # resampling passes if its mean loss is at most this x target
+# The circuit alone, before any calibration, must recover most of what the model does beyond
+# the empty circuit: below 0.8 a fifth of the effect is missing, and a temperature (which
+# cannot add information) is doing the work a mechanism should.
+MIN_FAITHFULNESS = 0.8
+# Completeness is ~0 when nothing outside the circuit matters. Below -0.5 the model with the
+# circuit ablated does worse than with every node ablated, by more than half of the model's
+# whole effect: the rest of the model pushes against the answer and the circuit wins only by
+# outweighing it, so the circuit alone (with that opposition held at its mean) overstates how
+# the model does the task. (Above 0.5 is the necessity check's failure.)
+MIN_COMPLETENESS = -0.5
+# Swapping the circuit's nodes between the two prompts of a pair must flip most answers: a
+# circuit that carries the behaviour decides the answer even when everything else disagrees.
+MOST_FLIPPED = 0.5
 
 
 @dataclass
@@ -49,10 +75,14 @@ class Validation:
     necessity: dict                    # loss, accuracy
     faithfulness: float
     completeness: float                # the same ratio for the complement: ~0 is good
-    random: dict                       # draws, losses (calibrated on the test pairs), ...
-    stochastic: dict                   # draws, losses, mean, max
+    random: dict                       # edge-matched draws: losses, median, min, beaten_by, ...
+    attribution: dict                  # the top-attribution circuit of the same size
+    interchange: dict                  # flipped (fraction), the random draws' flips
+    resample: dict                     # in distribution: draws, losses, mean, max
+    stochastic: dict                   # harsh, not judged: draws, losses, mean, max
     controls: dict = field(default_factory=dict)
     sensitivity: dict = field(default_factory=dict)
+    summary: str = ""                  # why the circuit is or is not convincing, in plain words
     verdicts: list[str] = field(default_factory=list)
     convincing: bool = True
     provenance: dict = field(default_factory=dict)
@@ -60,41 +90,57 @@ class Validation:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _rows(self) -> list[tuple[str, float | None, float | None, str]]:
+        """(measure, loss or value, accuracy, note) for the table of `format` and the HTML."""
+        s, n, e, r = self.sufficiency, self.necessity, self.empty, self.random
+        a, x, rs, st = self.attribution, self.interchange, self.resample, self.stochastic
+        return [
+            ("full model", self.full_model["loss"], self.full_model["accuracy"],
+             "the behaviour as the model does it"),
+            ("sufficiency (calibrated)", s["loss"], s["accuracy"],
+             f"the circuit alone; {s['loss_uncalibrated']:.3f} before calibration"),
+            ("necessity (circuit ablated)", n["loss"], n["accuracy"],
+             "should be far worse than the full model"),
+            ("empty circuit (all ablated)", e["loss"], e["accuracy"],
+             f"the floor; {e['loss_calibrated']:.3f} calibrated"),
+            ("random circuits, same edges", r["median"], None,
+             f"median of {r['draws']} (best {r['min']:.3f}); {r['beaten_by']} beat the circuit"),
+            ("top-attribution circuit", a["loss"], a["accuracy"],
+             f"{a['nodes']} nodes, {a['overlap']} shared; {a['loss_uncalibrated']:.3f} "
+             "before calibration"),
+            ("interchange: answers flipped", x["flipped"], None,
+             f"random circuits {x['random_median']:.2f} (most {x['random_max']:.2f})"),
+            ("resampled from test prompts", rs["mean"], None,
+             f"mean of {rs['draws']} (worst {rs['max']:.3f})"),
+            ("stochastic ablation (harsh)", st["mean"], None,
+             f"not judged; mean of {st['draws']} (worst {st['max']:.3f})"),
+            ("faithfulness", self.faithfulness, None,
+             f"at least {MIN_FAITHFULNESS}; 1 = recovers the model"),
+            ("completeness", self.completeness, None,
+             f"at least {MIN_COMPLETENESS}; 0 = nothing left outside the circuit"),
+        ]
+
     def _repr_html_(self) -> str:
         from ..doc import Doc
-        rows = [["full model", self.full_model["loss"], self.full_model["accuracy"]],
-                ["sufficiency (calibrated)", self.sufficiency["loss"], self.sufficiency["accuracy"]],
-                ["necessity", self.necessity["loss"], self.necessity["accuracy"]],
-                ["empty circuit", self.empty["loss"], self.empty["accuracy"]],
-                ["random circuits (median)", self.random["median"], None],
-                ["stochastic ablation (mean)", self.stochastic["mean"], None],
-                ["faithfulness", self.faithfulness, None]]
-        return (Doc().p(f"Validation of the {self.task} circuit ({self.circuit['nodes']} nodes, "
-                        f"{self.circuit['edges']} edges) on {self.test_pairs} test pairs")
-                .table(["measure", "loss / value", "accuracy"], rows).ul(self.verdicts).html_body())
+        return (Doc().p(self.summary)
+                .p(f"Validation of the {self.task} circuit ({self.circuit['nodes']} nodes, "
+                   f"{self.circuit['edges']} edges) on {self.test_pairs} test pairs")
+                .table(["measure", "loss / value", "accuracy", "note"],
+                       [list(row) for row in self._rows()])
+                .ul(self.verdicts).html_body())
 
     def format(self) -> str:
-        s, n, r, st, e = self.sufficiency, self.necessity, self.random, self.stochastic, self.empty
-        rows = [
+        rows = textwrap.wrap(self.summary, 100) + [
+            "",
             f"validation of the {self.task} circuit ({self.circuit['nodes']} nodes, "
             f"{self.circuit['edges']} edges) on {self.test_pairs} test pairs",
             "",
-            f"  {'measure':<34} {'loss':>8} {'acc':>6}   meaning",
-            f"  {'full model':<34} {self.full_model['loss']:>8.3f} {self.full_model['accuracy']:>6.2f}"
-            "   the behaviour as the model does it",
-            f"  {'sufficiency (circuit alone)':<34} {s['loss']:>8.3f} {s['accuracy']:>6.2f}"
-            f"   calibrated; {s['loss_uncalibrated']:.3f} before calibration",
-            f"  {'necessity (circuit ablated)':<34} {n['loss']:>8.3f} {n['accuracy']:>6.2f}"
-            "   should be far worse than the full model",
-            f"  {'empty circuit (all ablated)':<34} {e['loss']:>8.3f} {e['accuracy']:>6.2f}"
-            f"   the floor; {e['loss_calibrated']:.3f} calibrated",
-            f"  {'random circuits, same sizes':<34} {r['median']:>8.3f} {'':>6}"
-            f"   median of {r['draws']} (best {r['min']:.3f}); {r['beaten_by']} beat the circuit",
-            f"  {'stochastic ablation':<34} {st['mean']:>8.3f} {'':>6}"
-            f"   mean of {st['draws']} (worst {st['max']:.3f})",
-            f"  faithfulness {self.faithfulness:.3f} (1 = recovers the model),"
-            f" completeness {self.completeness:.3f} (0 = nothing left outside the circuit)",
+            f"  {'measure':<34} {'loss':>8} {'acc':>6}   note",
         ]
+        for name, value, acc, note in self._rows():
+            shown = "" if value is None or math.isnan(value) else f"{value:.3f}"
+            rows.append(f"  {name:<34} {shown:>8} {'' if acc is None else f'{acc:.2f}':>6}"
+                        f"   {note}")
         if self.controls or self.sensitivity:
             rows += ["", f"  {'circuit size':<34} {'nodes':>8} {'edges':>6}"]
             rows.append(f"  {'this circuit':<34} {self.circuit['nodes']:>8} {self.circuit['edges']:>6}")
@@ -112,26 +158,10 @@ def _kept_diffs(model, data, values, keep, freeze_norm):
     return logit_diffs(model, data, NodeLayout(model).split(keep.float()), values, freeze_norm)
 
 
-def random_same_sizes(layout: NodeLayout, keep: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    out = torch.zeros_like(keep)
-    for sl in layout.slices().values():
-        k = int(keep[sl].sum())
-        n = sl.stop - sl.start
-        out[sl.start + torch.randperm(n, generator=g)[:k]] = True
-    return out
-
-
-def stochastic_values(layout, keep, stats: PretrainingStats, means, n_seq, g):
-    """Per-sequence ablation values: a random half of the non-circuit nodes take the activation
-    of one random pretraining token (per sequence), the rest keep their mean."""
-    vals = {}
-    for site, sl in layout.slices().items():
-        bank = stats.bank[site]
-        resample = torch.rand(sl.stop - sl.start, generator=g) < 0.5
-        tok = bank[torch.randint(len(bank), (n_seq,), generator=g)]          # (n_seq, dim)
-        v = torch.where(resample & ~keep[sl], tok, means[site].expand_as(tok))
-        vals[site] = v.unsqueeze(1)                                          # (n_seq, 1, dim)
-    return vals
+def flipped(d: torch.Tensor, sign: torch.Tensor) -> float:
+    """Fraction of sequences whose answer is the pair's other answer (the one the pair's other
+    prompt wants)."""
+    return _r((-sign * d > 0).float().mean())
 
 
 def reinitialised(model, seed: int = 0):
@@ -177,57 +207,92 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
                         "slot values.")
     n = len(pairs)
     test = TaskData.from_pairs(tok, task.name, pairs, model.cfg.block_size)
-    values = resolve_values(model, cfg, TaskSplit(model, tok, task, cfg), stats)
+    split = TaskSplit(model, tok, task, cfg)
+    values = resolve_values(model, cfg, split, stats)
     keep = circuit.keep_vector(model)
     scale, bound = circuit.calibration["scale"], circuit.calibration["bound"]
     fn = cfg.freeze_norm
+    sign = test.sign
     g = torch.Generator().manual_seed(seed)
+    partner = torch.arange(len(test)) ^ 1   # a pair's two prompts are neighbours
 
     with frozen(model), torch.no_grad():
         if log:
             log("measuring sufficiency, necessity and faithfulness ...")
         d_full = logit_diffs(model, test)
-        full = _metrics(d_full, test.sign)
+        full = _metrics(d_full, sign)
         d_c = _kept_diffs(model, test, values, keep, fn)
-        suff = dict(loss=_loss(d_c, test.sign, scale), loss_uncalibrated=_loss(d_c, test.sign),
-                    accuracy=_r(accuracy(d_c, test.sign)), scale=_r(scale))
+        suff = dict(loss=_loss(d_c, sign, scale), loss_uncalibrated=_loss(d_c, sign),
+                    accuracy=_r(accuracy(d_c, sign)), scale=_r(scale))
         d_n = _kept_diffs(model, test, values, ~keep, fn)
-        nec = _metrics(d_n, test.sign)
+        nec = _metrics(d_n, sign)
         d_e = _kept_diffs(model, test, values, torch.zeros_like(keep), fn)
-        empty = _metrics(d_e, test.sign)
+        empty = _metrics(d_e, sign)
         # the answer may be readable without any node: the last token's embedding reaches the
         # unembedding directly, and the bigram table reads it too
-        empty["loss_calibrated"] = _loss(d_e, test.sign, calibrate(d_e, test.sign, bound))
+        empty["loss_calibrated"] = _loss(d_e, sign, calibrate(d_e, sign, bound))
         span = empty["loss"] - full["loss"]
-        faith = (empty["loss"] - _loss(d_c, test.sign)) / span if span > 1e-9 else float("nan")
+        faith = (empty["loss"] - _loss(d_c, sign)) / span if span > 1e-9 else float("nan")
         compl = (empty["loss"] - nec["loss"]) / span if span > 1e-9 else float("nan")
 
         if log:
-            log(f"scoring {draws} random circuits of the same sizes ...")
-        rand = []
+            log(f"{draws} random circuits with the circuit's edges, and the interchange ...")
+        acts = all_activations(model, test)
+        flips = flipped(swapped_diffs(model, test, layout.split((~keep).float()), partner,
+                                      acts=acts), sign)
+        rand, rand_flips, rand_edges, rand_nodes = [], [], [], []
         for _ in range(draws):
-            d_r = _kept_diffs(model, test, values, random_same_sizes(layout, keep, g), fn)
-            rand.append(_loss(d_r, test.sign, calibrate(d_r, test.sign, bound)))
-        rand_t = torch.tensor(rand)
+            r = random_matched_edges(model, keep, g)
+            d_r = _kept_diffs(model, test, values, r, fn)
+            rand.append(_loss(d_r, sign, calibrate(d_r, sign, bound)))
+            rand_flips.append(flipped(swapped_diffs(model, test, layout.split((~r).float()),
+                                                    partner, acts=acts), sign))
+            rand_edges.append(count_edges(model, layout.to_sets(r)))
+            rand_nodes.append(int(r.sum()))
 
         if log:
-            log(f"stochastic ablation, {draws} draws ...")
+            log("ranking nodes by attribution on the train pairs ...")
+        scores = attribution_scores(model, split.train, values, fn)
+        top = torch.zeros_like(keep)
+        top[torch.argsort(-scores, stable=True)[:int(keep.sum())]] = True
+        d_av = _kept_diffs(model, split.val, values, top, fn)
+        a_scale = calibrate(d_av, split.val.sign, bound)   # fitted as the circuit's scale was
+        d_a = _kept_diffs(model, test, values, top, fn)
+        attr = dict(nodes=int(top.sum()), edges=count_edges(model, layout.to_sets(top)),
+                    overlap=int((top & keep).sum()), loss=_loss(d_a, sign, a_scale),
+                    loss_uncalibrated=_loss(d_a, sign), accuracy=_r(accuracy(d_a, sign)),
+                    scale=_r(a_scale))
+
+        if log:
+            log(f"resampling the other nodes from other test prompts, {draws} draws ...")
+        res = []
+        for _ in range(draws):
+            other = (torch.arange(len(test)) + torch.randint(1, len(test), (len(test),),
+                                                             generator=g)) % len(test)
+            d_s = swapped_diffs(model, test, layout.split(keep.float()), other, fn, acts)
+            res.append(_loss(d_s, sign, scale))
+
+        if log:
+            log(f"stochastic ablation (harsh), {draws} draws ...")
         sto = []
         means = stats.means if cfg.ablation is Ablation.MEAN else values
         for _ in range(draws):
             v = stochastic_values(layout, keep, stats, means, len(test), g)
             d_s = logit_diffs(model, test, layout.split(keep.float()), v, fn)
-            sto.append(_loss(d_s, test.sign, scale))
-        sto_t = torch.tensor(sto)
+            sto.append(_loss(d_s, sign, scale))
 
+    rand_t, flips_t = torch.tensor(rand), torch.tensor(rand_flips)
     size = dict(nodes=circuit.num_nodes, edges=circuit.num_edges)
     report = Validation(
         task=task.name, circuit=size, test_pairs=n, full_model=full, empty=empty,
         sufficiency=suff, necessity=nec, faithfulness=_r(faith), completeness=_r(compl),
-        random=dict(draws=draws, losses=[_r(x) for x in rand], median=_r(rand_t.median()),
-                    min=_r(rand_t.min()), beaten_by=int((rand_t <= suff["loss"]).sum())),
-        stochastic=dict(draws=draws, losses=[_r(x) for x in sto], mean=_r(sto_t.mean()),
-                        max=_r(sto_t.max())),
+        random=dict(draws=draws, losses=rand, median=_r(rand_t.median()), min=_r(rand_t.min()),
+                    beaten_by=int((rand_t <= suff["loss"]).sum()), edges=rand_edges,
+                    nodes=rand_nodes),
+        attribution=attr,
+        interchange=dict(flipped=flips, random=rand_flips, random_median=_r(flips_t.median()),
+                         random_max=_r(flips_t.max())),
+        resample=_spread(res), stochastic=_spread(sto),
         provenance=dict(circuit_model_hash=circuit.model_hash, seed=seed, created=stamp()))
 
     if controls:
@@ -249,7 +314,7 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
             m, t, c, s = args
             result = control_size(m, tok, t, c, s, budget, bound)
             (report.controls if name.startswith("control") else report.sensitivity)[name] = result
-    report.verdicts, report.convincing = _verdicts(report, cfg.target_loss)
+    report.verdicts, report.convincing, report.summary = _verdicts(report, cfg.target_loss)
     return report
 
 
@@ -272,60 +337,157 @@ def _r(x) -> float:
     return round(float(x), 4)
 
 
-def _verdicts(v: Validation, target: float) -> tuple[list[str], bool]:
-    out, ok = [], True
+def _spread(xs: list[float]) -> dict:
+    t = torch.tensor(xs)
+    return dict(draws=len(xs), losses=xs, mean=_r(t.mean()), max=_r(t.max()))
+
+
+# What a failed check means, for the summary: (name in the summary, why it is no evidence).
+WHY = {
+    "trivial task": "the last token alone gives the answer away, so the behaviour needs no "
+                    "circuit",
+    "sufficiency": "on unseen test pairs the circuit alone misses the target",
+    "faithfulness": "before calibration the circuit alone recovers too little of what the model "
+                    "does beyond the empty circuit",
+    "completeness": "the rest of the model pushes against the answer, so the circuit alone "
+                    "overstates how the model does it",
+    "necessity": "the model still does the task without the circuit, so it has other routes",
+    "random circuits": "random circuits with as many edges do as well, so the size, not the "
+                       "choice of nodes, does the work",
+    "attribution": "a circuit of the same size picked by gradient attribution does better",
+    "interchange": "swapping its nodes between a pair's prompts does not flip most answers, so "
+                   "the answer is decided elsewhere",
+    "resampling": "giving the other nodes their values on other prompts of the task breaks it, "
+                  "so it relies on them being held at their ablation value",
+    "controls": "pruning finds a circuit about as small where there is no mechanism to find",
+}
+
+
+class _Judge:
+    """Collects verdict lines and which checks passed or failed."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.failed: list[str] = []
+        self.passed: list[str] = []
+
+    def check(self, ok: bool, name: str, text_pass: str, text_fail: str, tag: str = "FAIL",
+              key: str | None = None):
+        key = key or name
+        self.lines.append(f"PASS {name}: {text_pass}" if ok else f"{tag} {name}: {text_fail}")
+        (self.passed if ok else self.failed).append(key)
+
+    def note(self, text: str):
+        self.lines.append(f"NOTE {text}")
+
+
+def _verdicts(v: Validation, target: float) -> tuple[list[str], bool, str]:
+    """Verdict lines, whether the circuit is convincing (every judged check passes), and a
+    plain-words summary naming the checks that failed."""
+    j = _Judge()
     if v.empty["loss_calibrated"] <= target:
-        ok = False
-        out.append(f"TRIVIAL task: with every node ablated, a calibrated readout already reaches "
-                   f"{v.empty['loss_calibrated']:.3f} <= {target}. The last token alone gives the "
-                   "answer away (its embedding reaches the unembedding directly, and the bigram "
-                   "table reads it; neither is a node), so a circuit for it shows nothing.")
+        j.lines.append(f"TRIVIAL task: with every node ablated, a calibrated readout already "
+                       f"reaches {v.empty['loss_calibrated']:.3f} <= {target}. The last token "
+                       "alone gives the answer away (its embedding reaches the unembedding "
+                       "directly, and the bigram table reads it; neither is a node), so a "
+                       "circuit for it shows nothing.")
+        j.failed.append("trivial task")
     s = v.sufficiency["loss"]
-    if s <= target:
-        out.append(f"PASS sufficiency: the circuit alone reaches {s:.3f} <= {target} on test "
-                   "pairs it was not pruned on.")
+    j.check(s <= target, "sufficiency",
+            f"the circuit alone reaches {s:.3f} <= {target} on test pairs it was not pruned on.",
+            f"the circuit alone gets {s:.3f} > {target} on the test split; it does not carry "
+            "the behaviour beyond the pairs it was pruned on.")
+    f = v.faithfulness
+    if math.isnan(f):
+        j.note("faithfulness is undefined: ablating everything does not change the loss.")
     else:
-        ok = False
-        out.append(f"FAIL sufficiency: the circuit alone gets {s:.3f} > {target} on the test "
-                   "split; it does not carry the behaviour beyond the pairs it was pruned on.")
+        j.check(f >= MIN_FAITHFULNESS, "faithfulness",
+                f"{f:.3f} >= {MIN_FAITHFULNESS}: before calibration the circuit alone "
+                "recovers most of what the model does beyond the empty circuit.",
+                f"{f:.3f} < {MIN_FAITHFULNESS}: before calibration the circuit alone recovers "
+                "too little of what the model does beyond the empty circuit.")
+    c = v.completeness
+    if not math.isnan(c):
+        j.check(c >= MIN_COMPLETENESS, "completeness",
+                f"{c:.3f} >= {MIN_COMPLETENESS}: the rest of the model does not push against "
+                "the answer.",
+                f"{c:.3f} < {MIN_COMPLETENESS}: with the circuit ablated the model does worse "
+                "than with every node ablated; the rest of the model pushes against the "
+                "answer and the circuit only outweighs it.")
     gap = v.necessity["loss"] - v.full_model["loss"]
-    if gap > 0.5 * (v.empty["loss"] - v.full_model["loss"]):
-        out.append(f"PASS necessity: ablating the circuit alone raises the loss by {gap:.3f}.")
-    else:
-        ok = False
-        out.append(f"FAIL necessity: ablating only the circuit raises the loss by just {gap:.3f}; "
-                   "the model has other routes to the answer.")
-    if v.random["beaten_by"] == 0:
-        out.append(f"PASS random circuits: none of {v.random['draws']} random circuits of the "
-                   f"same sizes comes close (best {v.random['min']:.3f}).")
-    else:
-        ok = False
-        out.append(f"FAIL random circuits: {v.random['beaten_by']} of {v.random['draws']} random "
-                   "circuits of the same sizes do as well; the size, not the choice, does the work.")
-    if v.stochastic["mean"] <= NEAR_TARGET * target:
-        out.append(f"PASS stochastic ablation: resampling non-circuit nodes keeps the loss near "
-                   f"target (mean {v.stochastic['mean']:.3f}).")
-    else:
-        ok = False
-        out.append(f"FAIL stochastic ablation: resampling non-circuit nodes lifts the loss to "
-                   f"{v.stochastic['mean']:.3f}; the circuit relies on the rest being held at "
-                   "exactly its ablation value.")
-    for name, c in v.controls.items():
-        if not c.get("reached"):
-            out.append(f"PASS {name}: no circuit reaches the target at all.")
-        elif v.circuit["edges"] <= CLEARLY_BELOW * c["edges"]:
-            out.append(f"PASS {name}: needs {c['edges']} edges, ours {v.circuit['edges']}.")
+    j.check(gap > 0.5 * (v.empty["loss"] - v.full_model["loss"]), "necessity",
+            f"ablating the circuit alone raises the loss by {gap:.3f}.",
+            f"ablating only the circuit raises the loss by just {gap:.3f}; the model has other "
+            "routes to the answer.")
+    r = v.random
+    j.check(r["beaten_by"] == 0, "random circuits",
+            f"none of {r['draws']} random circuits with the circuit's edges comes close "
+            f"(best {r['min']:.3f}).",
+            f"{r['beaten_by']} of {r['draws']} random circuits with as many edges do as well "
+            f"(best {r['min']:.3f}); the size, not the choice, does the work.")
+    a = v.attribution
+    same = a["overlap"] == a["nodes"] == v.circuit["nodes"]
+    j.check(same or s <= a["loss"], "attribution",
+            "attribution picks the same nodes." if same else
+            f"the circuit ({s:.3f}) does at least as well as the top {a['nodes']} nodes by "
+            f"attribution ({a['loss']:.3f}).",
+            f"the top {a['nodes']} nodes by attribution reach {a['loss']:.3f}, better than the "
+            f"circuit's {s:.3f}; pruning found no better circuit than a gradient ranking.")
+    x = v.interchange
+    j.check(x["flipped"] >= MOST_FLIPPED and x["flipped"] > x["random_median"], "interchange",
+            f"given the other prompt's values, the circuit's nodes flip {x['flipped']:.0%} of "
+            f"the answers (random circuits {x['random_median']:.0%}).",
+            f"given the other prompt's values, the circuit's nodes flip only "
+            f"{x['flipped']:.0%} of the answers (random circuits {x['random_median']:.0%}); "
+            "the rest of the model decides the answer.")
+    rs = v.resample
+    j.check(rs["mean"] <= NEAR_TARGET * target, "resampling",
+            f"with the other nodes taken from other test prompts the loss stays near target "
+            f"(mean {rs['mean']:.3f} <= {NEAR_TARGET:g} x {target}).",
+            f"with the other nodes taken from other test prompts the loss rises to "
+            f"{rs['mean']:.3f} > {NEAR_TARGET:g} x {target}; the circuit relies on the rest "
+            "being held at its ablation value.")
+    st = v.stochastic
+    j.note(f"stochastic ablation (harsh, not judged): with half the other nodes taken from "
+           f"random pretraining tokens the mean loss is {st['mean']:.3f} (worst {st['max']:.3f}).")
+    for name, ctl in v.controls.items():
+        if not ctl.get("reached"):
+            j.check(True, name, "no circuit reaches the target at all.", "", key="controls")
         else:
-            ok = False
-            out.append(f"UNCONVINCING {name}: pruning finds a {c['edges']}-edge circuit there, "
-                       f"not clearly more than ours ({v.circuit['edges']}); a small circuit is "
-                       "no evidence of a mechanism here.")
-    for name, c in v.sensitivity.items():
-        if c.get("reached") and v.circuit["edges"] > 0:
-            ratio = c["edges"] / v.circuit["edges"]
-            out.append(f"NOTE {name}: {c['edges']} edges ({ratio:.2f}x this circuit's).")
+            j.check(v.circuit["edges"] <= CLEARLY_BELOW * ctl["edges"], name,
+                    f"needs {ctl['edges']} edges, ours {v.circuit['edges']}.",
+                    f"pruning finds a {ctl['edges']}-edge circuit there, not clearly more than "
+                    f"ours ({v.circuit['edges']}); a small circuit is no evidence of a mechanism "
+                    "here.", tag="UNCONVINCING", key="controls")
+    for name, ctl in v.sensitivity.items():
+        if ctl.get("reached") and v.circuit["edges"] > 0:
+            ratio = ctl["edges"] / v.circuit["edges"]
+            j.note(f"{name}: {ctl['edges']} edges ({ratio:.2f}x this circuit's).")
         else:
-            out.append(f"NOTE {name}: no circuit reaches the target.")
-    if math.isnan(v.faithfulness):
-        out.append("NOTE faithfulness is undefined: ablating everything does not change the loss.")
-    return out, ok
+            j.note(f"{name}: no circuit reaches the target.")
+    return j.lines, not j.failed, _summary(v, j, target)
+
+
+def _summary(v: Validation, j: _Judge, target: float) -> str:
+    failed = list(dict.fromkeys(j.failed))
+    passed = [p for p in dict.fromkeys(j.passed) if p not in failed]
+    size = f"The {v.task} circuit ({v.circuit['nodes']} nodes, {v.circuit['edges']} edges)"
+    if failed:
+        out = (f"{size} is not convincing. It fails {len(failed)} check"
+               f"{'s' if len(failed) > 1 else ''}: "
+               + "; ".join(f"{k} ({WHY[k]})" for k in failed) + ".")
+        if passed:
+            out += f" It passes {', '.join(passed)}."
+    else:
+        out = (f"{size} is convincing: on test pairs pruning never saw it does the task alone "
+               f"(loss {v.sufficiency['loss']:.3f} <= {target}), the model fails without it, it "
+               "beats random circuits with as many edges and the top-attribution nodes of its "
+               f"size, swapping its nodes between a pair's prompts flips "
+               f"{v.interchange['flipped']:.0%} of the answers, and it holds when the other "
+               "nodes take their values from other prompts of the task.")
+        out += (" Its size is clearly below its controls'." if v.controls else
+                " The controls were not run, so its size has nothing to be compared with.")
+    if v.stochastic["mean"] > NEAR_TARGET * target:
+        out += (" Under the harsh test (other nodes resampled from random pretraining tokens) "
+                f"its loss rises to {v.stochastic['mean']:.3f}.")
+    return out

@@ -14,19 +14,35 @@ MEANINGS = {
     "sufficiency": "the circuit alone, every other node ablated, after calibration; at most the "
                    "target means the circuit carries the behaviour",
     "sufficiency before calibration": "the same without the fitted temperature",
-    "necessity": "the full model with only the circuit ablated; far above the full model means the "
-                 "model has no other route",
+    "necessity": "the full model with only the circuit ablated; it must rise by more than half "
+                 "the gap between the full model and the empty circuit, else the model has "
+                 "another route",
     "empty circuit": "every node ablated: the floor every other figure is judged against",
     "empty circuit, calibrated": "the same with a fitted temperature (bounded like the circuit's); "
                                  "at most the target "
                                  "means the last token alone gives the answer away (TRIVIAL)",
-    "random circuits (median)": "circuits with the same number of nodes at every site, drawn at "
-                                "random and calibrated on the test pairs themselves",
-    "stochastic ablation (mean)": "a random half of the non-circuit nodes resampled from random "
-                                  "pretraining tokens instead of held at the mean",
-    "faithfulness": "(F(circuit) - F(empty)) / (F(model) - F(empty)) with F = -loss; 1 = the "
-                    "circuit recovers the model",
-    "completeness": "the same ratio for everything outside the circuit; 0 = nothing is left there",
+    "random circuits (median)": "random circuits with the circuit's edge count on every weight "
+                                "matrix, each calibrated on the test pairs themselves; none may "
+                                "do as well as the circuit",
+    "top-attribution circuit": "the circuit's number of nodes, picked by |gradient x (activation "
+                               "- ablation value)| on the train pairs and calibrated on the val "
+                               "pairs as the circuit was; the circuit must do at least as well",
+    "top-attribution circuit before calibration": "the same without the fitted temperature",
+    "interchange: answers flipped": "the circuit's nodes given their values on the pair's other "
+                                    "prompt, the rest as in the full model: the fraction of "
+                                    "answers that switch to the other prompt's; at least half, "
+                                    "and more than random circuits with as many edges",
+    "interchange, random circuits (median)": "the same for the random circuits above",
+    "resampled from test prompts (mean)": "the non-circuit nodes given their values on another "
+                                          "random test prompt, the circuit's kept; calibrated "
+                                          "loss at most twice the target",
+    "stochastic ablation, harsh (mean)": "a random half of the non-circuit nodes resampled from "
+                                         "random pretraining tokens instead of held at the mean; "
+                                         "reported, not judged",
+    "faithfulness": "(F(circuit) - F(empty)) / (F(model) - F(empty)) with F = -loss, "
+                    "uncalibrated; at least 0.8",
+    "completeness": "the same ratio for everything outside the circuit; 0 = nothing is left "
+                    "there, below -0.5 the rest of the model pushes against the answer",
 }
 
 
@@ -75,6 +91,8 @@ def build_report(circuit: Circuit, validation: dict, data: dict, run_info: dict,
     verdict = "convincing" if v.get("convincing") else "NOT convincing"
     doc.p(f"A circuit of {m['nodes']} nodes and {m['edges']} edges in model {m['model_hash']}; "
           f"by the checks below it is {verdict}.")
+    if v.get("summary"):
+        doc.p(v["summary"])
     if viewer_file:
         doc.link("Open the interactive circuit viewer", viewer_file)
 
@@ -120,6 +138,7 @@ def build_report(circuit: Circuit, validation: dict, data: dict, run_info: dict,
     doc.h(2, "Validation")
     doc.p(f"On {v['test_pairs']} test-split pairs (templates or values pruning never saw).")
     s = v["sufficiency"]
+    a, x = v.get("attribution", {}), v.get("interchange", {})
     rows = [
         ["full model", v["full_model"]["loss"], v["full_model"]["accuracy"]],
         ["sufficiency", s["loss"], s["accuracy"]],
@@ -128,7 +147,12 @@ def build_report(circuit: Circuit, validation: dict, data: dict, run_info: dict,
         ["empty circuit", v["empty"]["loss"], v["empty"]["accuracy"]],
         ["empty circuit, calibrated", v["empty"].get("loss_calibrated"), None],
         ["random circuits (median)", v["random"]["median"], None],
-        ["stochastic ablation (mean)", v["stochastic"]["mean"], None],
+        ["top-attribution circuit", a.get("loss"), a.get("accuracy")],
+        ["top-attribution circuit before calibration", a.get("loss_uncalibrated"), None],
+        ["interchange: answers flipped", x.get("flipped"), None],
+        ["interchange, random circuits (median)", x.get("random_median"), None],
+        ["resampled from test prompts (mean)", v.get("resample", {}).get("mean"), None],
+        ["stochastic ablation, harsh (mean)", v["stochastic"]["mean"], None],
         ["faithfulness", v["faithfulness"], None],
         ["completeness", v["completeness"], None],
     ]
