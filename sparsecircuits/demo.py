@@ -259,6 +259,9 @@ def summary_doc(result, both, found, validations, given_away=None) -> Doc:
                "checks"], rows)
     doc.p("Checks run without the controls here (they take minutes per circuit); run "
           "`sparsecircuits validate DIR/TASK/sparse.json` for the full battery.")
+    doc.h(2, "Why each circuit is or is not convincing")
+    doc.ul([f"{n}, {m} model: {validations[(n, m)].summary}" for n in both
+            for m in ("sparse", "dense") if (n, m) in validations])
     doc.h(2, "Circuit size against task loss")
     doc.table(["target", "tasks", "sparse edges", "dense edges", "dense / sparse"],
               [[r["target"], len(r["tasks"]), r["sparse_edges"], r["dense_edges"], r["ratio"]]
