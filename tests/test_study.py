@@ -55,7 +55,7 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path):  # noqa: F811
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (out / "frontier.svg").read_text()
     assert_one_line_error(*run_cli(capsys, "compare", str(run), str(twin), "--targets", "2",
-                                   "--out", str(out))[::2], "between 0 and 1")
+                                   "--out", str(out))[::2], "between 0 and chance")
     assert_one_line_error(*run_cli(capsys, "compare", str(run), str(twin), "--jobs", "0",
                                    "--out", str(out))[::2], "--jobs 0 must be at least 1")
     # The CLI ran the two searches in two processes; in this one process they give the same.

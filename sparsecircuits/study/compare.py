@@ -79,8 +79,9 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
     its own process."""
     from ..tasks.metrics import task_metrics
     targets = tuple(sorted({float(t) for t in targets}, reverse=True))
-    if not targets or any(not 0 < t < 1 for t in targets):
-        raise UserError(f"targets {targets} must be losses between 0 and 1 (e.g. 0.5 0.15 0.02).")
+    if not targets or any(not 0 < t < math.log(2) for t in targets):
+        raise UserError(f"targets {targets} must be losses between 0 and chance, ln 2 = "
+                        f"{math.log(2):.3f} (e.g. 0.5 0.15 0.02).")
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs} must be at least 1.")
     t0 = time.perf_counter()
