@@ -197,6 +197,8 @@ def test_viewer_in_a_real_browser(planted_circuit, tmp_path):
         assert len(svg_nodes) == c.num_nodes == 3
         summary = driver.find_element(By.ID, "summary").text
         assert summary.startswith(f"{c.num_nodes} nodes, {c.num_edges} edges")
+        assert "uncalibrated" in summary and "bound" in summary  # a temperature, no shift
+        assert "shift" not in summary and "NaN" not in summary
         assert len(driver.find_elements(By.CSS_SELECTOR, "svg .edge")) == len(data["edges"])
 
         svg_nodes[1].find_element(By.CSS_SELECTOR, "rect, circle").click()

@@ -35,9 +35,9 @@ function shortName(n) {
 const M = DATA.meta;
 document.getElementById("title").textContent = `${M.task}: ${M.description}`;
 document.getElementById("summary").textContent =
-  `${M.nodes} nodes, ${M.edges} edges · held-out loss ${fmt(M.loss)} (before calibration ` +
-  `${fmt(M.loss_uncalibrated)}; scale ${fmt(M.calibration.scale, 2)}, shift ` +
-  `${fmt(M.calibration.shift, 2)}) · target ${M.target_loss} · ${M.ablation} ablation` +
+  `${M.nodes} nodes, ${M.edges} edges · val loss ${fmt(M.loss)} calibrated, ` +
+  `${fmt(M.loss_uncalibrated)} uncalibrated (temperature scale ${fmt(M.calibration.scale, 2)}, ` +
+  `bound ${fmt(M.calibration.bound, 2)}) · target ${M.target_loss} · ${M.ablation} ablation` +
   (M.freeze_norm ? ", frozen norm" : "") + ` · model ${M.model_hash}, ${M.n_layer} layers, ` +
   `d_model ${M.d_model}`;
 
