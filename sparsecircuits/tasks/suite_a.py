@@ -1,7 +1,8 @@
 """Tasks of the paper's suite: quotes, brackets, and the variable-type tasks.
 
-Each generator draws from word lists and templates split into disjoint train and test halves,
-so a circuit pruned on train pairs is measured on names, contents and layouts it never saw.
+Each generator draws from word lists and templates split into disjoint train, val and test
+shares, so a circuit pruned on train pairs is measured on names, contents and layouts it
+never saw.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 keyword-follows tasks (for/while, else/elif, f-strings, if/ternary).
 
 Conventions as in suite_a.py: every generator draws its names, contents and contexts from
-disjoint train/test halves, so held-out pairs use values a circuit never saw during pruning.
+disjoint train/val/test shares, so test pairs use values a circuit never saw during pruning.
 Each prompt ends on a whole pre-token (a name, a number, a keyword or ` '`), so the answer is
 the very token the tokenizer emits when the code goes on naturally.
 """

@@ -1,7 +1,7 @@
 """Tasks of the paper's suite: swaps, indentation, and the keyword-versus-assignment tasks.
 
 Conventions as in suite_a.py: every generator draws names, contents and layouts from disjoint
-train/test halves of its word lists, and each pair's answers are the tokens the default
+train/val/test shares of its word lists, and each pair's answers are the tokens the default
 tokenizer emits when the code goes on naturally (`clean_rest` / `corrupt_rest`).
 
 Most pairs here differ in the last line only (`x = lambda` / `def x`, `while True` /

@@ -4,7 +4,7 @@
     description = "a dict literal wants `:` after its first key, a list wants `,`"
     target = ":"                      # the clean prompt's answer
     alt = ","                         # the corrupt prompt's answer
-    split = "slots"                   # held-out values per slot ("slots") or templates
+    split = "slots"                   # split the values of each slot ("slots") or the templates
 
     [[templates]]
     clean = "{var} = {{{key}"         # {slot} is filled in; {{ and }} are literal braces

@@ -1,7 +1,7 @@
 """Word lists and code fragments that the task generators draw from.
 
-Lists are split into disjoint train/test halves by `split_half`, so held-out pairs use
-identifiers and contents that training pairs never contain.
+Lists are split into disjoint train, val and test shares by `split_half`, so val and test
+pairs use identifiers and contents that training pairs never contain.
 """
 
 from __future__ import annotations
