@@ -822,3 +822,14 @@ def test_nodes_switched_off_last_rank_first_among_the_clamped():
     final = torch.tensor([1.0, -1.0, -1.0, 0.5, -1.0])
     mean = torch.tensor([0.9, -0.9, 0.2, 0.4, -0.1])  # node 2 stayed on longest of the three
     assert MaskTraining(final, [], mean).order().tolist() == [0, 3, 2, 4, 1]
+
+
+def test_an_interchange_that_random_circuits_match_is_blamed_on_size():
+    from sparsecircuits.circuits.validate import _verdicts
+    as_many = dict(flipped=0.98, random=[0.98] * 20, random_median=0.98, random_max=1.0)
+    lines, ok, _ = _verdicts(fake_validation(interchange=as_many), 0.15)
+    (line,) = [x for x in lines if "interchange" in x]
+    assert not ok and line.startswith("FAIL") and "random circuits with as many edges" in line
+    few = dict(flipped=0.2, random=[0.0] * 20, random_median=0.0, random_max=0.05)
+    (line,) = [x for x in _verdicts(fake_validation(interchange=few), 0.15)[0] if "interchange" in x]
+    assert "the rest of the model decides the answer" in line

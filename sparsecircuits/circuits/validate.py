@@ -438,8 +438,11 @@ def _verdicts(v: Validation, target: float) -> tuple[list[str], bool, str]:
             f"given the other prompt's values, the circuit's nodes flip {x['flipped']:.0%} of "
             f"the answers (random circuits {x['random_median']:.0%}).",
             f"given the other prompt's values, the circuit's nodes flip only "
-            f"{x['flipped']:.0%} of the answers (random circuits {x['random_median']:.0%}); "
-            "the rest of the model decides the answer.")
+            f"{x['flipped']:.0%} of the answers; the rest of the model decides the answer."
+            if x["flipped"] < MOST_FLIPPED else
+            f"the circuit's nodes flip {x['flipped']:.0%} of the answers, but random circuits "
+            f"with as many edges flip as many ({x['random_median']:.0%}): the size, not the "
+            "choice, does the work.")
     rs = v.resample
     j.check(rs["mean"] <= NEAR_TARGET * target, "resampling",
             f"with the other nodes taken from other test prompts the loss stays near target "
