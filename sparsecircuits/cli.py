@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--out", required=True, metavar="CIRCUIT.json")
     pa.add_argument("--target-loss", type=float, default=TARGET_LOSS)
     pa.add_argument("--ablation", default="mean", choices=ABLATIONS,
-                    help="what a pruned node is held at (mean: over pretraining tokens)")
+                    help="what a pruned node is held at (mean: over pretraining tokens; "
+                         "resample: its value on another prompt of the task)")
     pa.add_argument("--freeze-norm", action="store_true",
                     help="reuse the unpruned pass's RMSNorm scales")
     pa.add_argument("--seed", type=int, default=0)

@@ -16,8 +16,9 @@ from sparsecircuits.circuits.circuit import count_edges, link_counts, weight_lin
 from sparsecircuits.circuits.pruning import (Judge, TaskSplit, empty_circuit_loss,
                                              resolve_values)
 from sparsecircuits.circuits.search import search
-from sparsecircuits.circuits.taskdata import TaskData, calibrate, logit_diffs, losses, scale_bound
-from sparsecircuits.circuits.checks import aligned_positions, attribution_scores, random_matched_edges
+from sparsecircuits.circuits.taskdata import (Resample, TaskData, aligned_positions, calibrate,
+                                              logit_diffs, losses, scale_bound)
+from sparsecircuits.circuits.checks import attribution_scores, random_matched_edges
 from sparsecircuits.circuits.validate import reinitialised
 from sparsecircuits.config import ModelConfig
 from sparsecircuits.corpus import Corpus
@@ -452,7 +453,7 @@ def test_pruning_recovers_the_planted_circuit(planted_setup):
 
 
 @pytest.mark.parametrize("ablation,freeze_norm", [("zero", False), ("task-mean", False),
-                                                  ("mean", True)])
+                                                  ("mean", True), ("resample", False)])
 def test_every_ablation_recovers_the_planted_circuit(planted_setup, ablation, freeze_norm):
     model, corpus, task, stats = planted_setup
     cfg = PruneConfig(k_coef=1e-3, lr=1e-2, steps=150, train_pairs=128, val_pairs=64,
@@ -473,8 +474,8 @@ def validate_planted(model, nodes, stats, tok, task, n=64, draws=8, **kw):
     from sparsecircuits.tasks import SUITE
     SUITE["planted"] = task  # validation looks tasks up by name
     try:
-        c = Circuit.from_nodes(model, nodes, "planted",
-                               config=PruneConfig(train_pairs=64, val_pairs=32), **kw)
+        kw.setdefault("config", PruneConfig(train_pairs=64, val_pairs=32))
+        c = Circuit.from_nodes(model, nodes, "planted", **kw)
         return validate(c, model, tok, stats=stats, n=n, draws=draws, controls=False, log=None)
     finally:
         del SUITE["planted"]
@@ -643,6 +644,43 @@ def test_resampling_from_test_prompts_finds_a_node_the_mean_hides(planted_setup)
     assert judged(v, "resampling").startswith("FAIL")
     assert v.stochastic["mean"] <= 2 * 0.15   # the harsh test, on pretraining tokens, passes
     assert "resampling" in v.summary and not v.convincing
+
+
+def test_resample_ablation_takes_the_other_prompts_answer(planted_setup):
+    """With every node resampled, the planted model's answer channel (mlp.out[1]) holds its
+    value on the source prompt, so each sequence answers as its source does."""
+    model, corpus, task, _ = planted_setup
+    data = TaskData.from_pairs(corpus.tokenizer, "planted", task.pairs(32, "test", seed=0),
+                               model.cfg.block_size)
+    layout = NodeLayout(model)
+    none = layout.split(torch.zeros(layout.total))
+    with torch.no_grad():
+        full = logit_diffs(model, data)
+        resampled = logit_diffs(model, data, none, Resample(seed=3))
+    src = Resample(seed=3).on(data).src
+    assert (src != torch.arange(len(data))).all()
+    assert (torch.sign(resampled) == torch.sign(full[src])).all()
+    assert (torch.sign(full[src]) != torch.sign(full)).any()   # the draw is not the identity
+
+
+def test_resample_ablation_judges_the_route_the_mean_hides(planted_setup):
+    """In the two-path model the planted path alone passes under mean ablation, but given
+    the second neuron's value on another prompt it fails sufficiency under resample ablation;
+    with both neurons the circuit passes, and resampling is then a note, not a second check."""
+    _, corpus, task, _ = planted_setup
+    model = two_paths(planted_setup[0])
+    stats = PretrainingStats.compute(model, corpus.train, windows=16)
+    one = validate_planted(model, PLANTED, stats, corpus.tokenizer, task,
+                           config=PruneConfig(ablation="resample", train_pairs=64, val_pairs=32))
+    assert one.ablation == "resample"
+    assert judged(one, "sufficiency").startswith("FAIL"), one.format()
+    both = dict(PLANTED, **{"blocks.0.mlp.neuron": [0, 1]})
+    v = validate_planted(model, both, stats, corpus.tokenizer, task,
+                         config=PruneConfig(ablation="resample", train_pairs=64, val_pairs=32))
+    assert judged(v, "sufficiency").startswith("PASS"), v.format()
+    assert judged(v, "necessity").startswith("PASS")
+    assert not any(line.startswith(("PASS resampling", "FAIL resampling")) for line in v.verdicts)
+    assert any("own ablation" in line for line in v.verdicts)
 
 
 def fake_validation(**change):

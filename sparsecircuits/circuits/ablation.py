@@ -2,7 +2,8 @@
 
 A node outside the circuit is held at its ablation value: its mean over pretraining tokens
 (`mean`, one scalar per node over all tokens and positions of the train split), zero (`zero`),
-or its mean over the task's own prompts (`task-mean`). Pretraining means are computed once per
+its mean over the task's own prompts (`task-mean`), or, in distribution, its value on another
+prompt of the task (`resample`: `taskdata.Resample`). Pretraining means are computed once per
 (model, corpus) and cached on disk, together with a bank of activations of random pretraining
 tokens that stochastic ablation resamples from.
 
@@ -30,6 +31,7 @@ class Ablation(StrEnum):
     MEAN = "mean"              # its mean over pretraining tokens (the paper's choice)
     ZERO = "zero"
     TASK_MEAN = "task-mean"    # its mean over the task's own prompts
+    RESAMPLE = "resample"      # its value on another prompt of the task, position by position
 
     @classmethod
     def parse(cls, kind: str | Ablation) -> Ablation:
@@ -127,9 +129,14 @@ def task_means(model, idx: torch.Tensor, lengths: torch.Tensor) -> dict[str, tor
 
 
 def ablation_values(kind: Ablation | str, model, *, stats: PretrainingStats | None = None,
-                    task_idx: torch.Tensor | None = None, task_lengths: torch.Tensor | None = None
-                    ) -> dict[str, torch.Tensor]:
+                    task_idx: torch.Tensor | None = None, task_lengths: torch.Tensor | None = None):
+    """The values ablated nodes are held at: one per node (a dict of (dim,) tensors), or for
+    `resample` a `taskdata.Resample`, which takes them from other prompts of whatever data it
+    is run on."""
     kind = Ablation.parse(kind)
+    if kind is Ablation.RESAMPLE:
+        from .taskdata import Resample
+        return Resample()
     if kind is Ablation.ZERO:
         layout = NodeLayout(model)
         return {s: torch.zeros(n) for s, n in zip(layout.sites, layout.sizes)}

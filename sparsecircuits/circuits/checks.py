@@ -3,8 +3,6 @@ node-site hooks (`validate.py` runs them and judges the figures).
 
     random_matched_edges   a random circuit with the circuit's edge count on every link
     attribution_scores     per node, the summed |gradient x (activation - ablation value)|
-    aligned_positions      which position of another prompt each position reads from
-    all_activations        the full-model activations of a set of prompts, if they fit
     swapped_diffs          logit differences with some nodes taking another prompt's values
     stochastic_values      the harsh test's per-sequence values from random pretraining tokens
 """
@@ -13,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from .ablation import PretrainingStats, site_activations
+from .ablation import PretrainingStats
 from .circuit import weight_links
 from .nodes import NodeLayout
 from .search import frozen
-from .taskdata import TaskData, logit_diffs, losses
+from .taskdata import Swapped, TaskData, logit_diffs, losses
 
 
 def random_matched_edges(model, keep: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -134,63 +132,15 @@ def attribution_scores(model, data: TaskData, values, freeze_norm: bool = False,
     return layout.join(total)
 
 
-def aligned_positions(data: TaskData, source: TaskData) -> torch.Tensor:
-    """(len(data), T): for each position t of sequence i of `data`, the position of sequence i
-    of `source` whose activations it takes.
-
-    The rule: t itself while the two prompts agree token for token from the start (there their
-    activations are equal anyway: the model is causal); after that, the same distance from the
-    last token, since the answer is read at the last token and last must take last; never
-    before the first position where the prompts differ, never past the source's end."""
-    n, n2 = data.lengths[:, None], source.lengths[:, None]
-    T = data.idx.shape[1]
-    m = min(T, source.idx.shape[1])
-    same = (data.idx[:, :m] == source.idx[:, :m]) & (torch.arange(m) < torch.minimum(n, n2))
-    prefix = same.long().cumprod(1).sum(1, keepdim=True)
-    t = torch.arange(T)[None, :]
-    tail = torch.minimum(torch.maximum(t - n + n2, prefix), n2 - 1)
-    return torch.where(t < prefix, t, tail)
-
-
-ACTS_BUDGET = 256 * 2**20   # bytes of activations `all_activations` may hold at once
-
-
-def all_activations(model, data: TaskData) -> dict[str, torch.Tensor] | None:
-    """Full-model activations of every sequence of `data` at every site, (N, T, dim) each, for
-    `swapped_diffs` to share between calls; None where they would take more than `ACTS_BUDGET`
-    (then each call recomputes what it needs, a chunk at a time)."""
-    layout = NodeLayout(model)
-    if len(data) * data.idx.shape[1] * layout.total * 4 > ACTS_BUDGET:
-        return None
-    return site_activations(model, data.idx, flatten=False, batch=64)
-
-
 @torch.no_grad()
 def swapped_diffs(model, data: TaskData, masks: dict[str, torch.Tensor], src: torch.Tensor,
                   freeze_norm: bool = False, acts: dict[str, torch.Tensor] | None = None,
                   chunk: int = 64) -> torch.Tensor:
     """Logit differences on `data` with every node where `masks` is 0 taking, at every
     position, its full-model activation on another sequence of `data`: sequence i takes those
-    of sequence src[i], position by position as `aligned_positions` maps them. Nodes where
-    `masks` is 1 run as the model computes them. `acts`: `all_activations(model, data)`, if
-    already at hand."""
-    names = [s for s, m in masks.items() if not bool(m.bool().all())]
-    swapped = {s: masks[s] for s in names}
-    out = []
-    for i in range(0, len(data), chunk):
-        rows = torch.arange(i, min(i + chunk, len(data)))
-        part, source = data.rows(rows), data.rows(src[rows])
-        if not names:
-            out.append(logit_diffs(model, part))
-            continue
-        if acts is None:
-            theirs = site_activations(model, source.idx, names, flatten=False, batch=chunk)
-        else:
-            theirs = {s: acts[s][src[rows]] for s in names}
-        at = aligned_positions(part, source)[..., None]
-        vals = {s: theirs[s].gather(1, at.expand(-1, -1, theirs[s].shape[-1])) for s in names}
-        out.append(logit_diffs(model, part, swapped, vals, freeze_norm))
-    return torch.cat(out)
+    of sequence src[i] (`taskdata.Swapped`). Nodes where `masks` is 1 run as the model computes
+    them. `acts`: `all_activations(model, data)`, if already at hand."""
+    return logit_diffs(model, data, masks, Swapped(src, acts), freeze_norm, batch=chunk)
 
 
 def stochastic_values(layout, keep, stats: PretrainingStats, means, n_seq, g):

@@ -24,7 +24,8 @@ from ..tasks.core import Task
 from ..tasks.metrics import TARGET_LOSS
 from .ablation import Ablation, PretrainingStats, ablation_values
 from .nodes import NodeLayout
-from .taskdata import TaskData, calibrate, logit_diffs, losses, scale_bound
+from .taskdata import (Resample, TaskData, all_activations, calibrate, logit_diffs, losses,
+                       scale_bound)
 
 
 @dataclass
@@ -196,7 +197,8 @@ def train_masks(model, data: TaskData, values, cfg: PruneConfig, layout: NodeLay
         rows = torch.stack([2 * pick, 2 * pick + 1], 1).reshape(-1)
         batch = data.rows(rows)
         m = heaviside(tau, cfg.temperature)
-        d = logit_diffs(model, batch, layout.split(m), values, cfg.freeze_norm, batch=len(batch))
+        vals = values.step(step) if isinstance(values, Resample) else values  # a new draw
+        d = logit_diffs(model, batch, layout.split(m), vals, cfg.freeze_norm, batch=len(batch))
         task_loss = losses(d, batch.sign).mean()
         loss = task_loss + cfg.k_coef * m.sum()
         opt.zero_grad(set_to_none=True)
@@ -235,6 +237,8 @@ class Judge:
     def __init__(self, model, data: TaskData, values, order: torch.Tensor, cfg: PruneConfig,
                  layout: NodeLayout, bound: float):
         """`order`: node indices from most to least kept (`MaskTraining.order`)."""
+        if isinstance(values, Resample):  # one pairing for every probe, its sources run once
+            values = values.on(data, all_activations(model, data))
         self.model, self.data, self.values, self.cfg, self.layout = model, data, values, cfg, layout
         self.bound = bound
         self.order = order

@@ -26,7 +26,7 @@ from .ablation import Ablation, PretrainingStats, model_hash
 from .circuit import Circuit, count_edges, stamp
 from .nodes import NodeLayout
 from .pruning import Judge, PruneConfig, TaskSplit, resolve_values, train_masks
-from .taskdata import logit_diffs, losses, scale_bound
+from .taskdata import TaskData, logit_diffs, losses, scale_bound
 
 # (k_coef multiplier, lr multiplier) around the centres of `PruneConfig`, in the order a
 # budget takes them. Past the grid, the same trials with new seeds.
@@ -220,6 +220,24 @@ def search(model, tok, task: Task | str, targets=(TARGET_LOSS,), cfg: PruneConfi
             calibration=dict(scale=probe.scale, bound=bound), provenance=prov)
     return Search(task.name, targets, circuits, full_loss, empty_loss, bound, rows,
                   time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def test_losses(circuit: Circuit, model, tok, stats: PretrainingStats | None = None,
+                n: int = 128) -> dict[str, float]:
+    """The circuit's loss on up to `n` pairs of its task's test split, which pruning never
+    sees: at its calibration scale, and uncalibrated. For reporting only, never for choosing."""
+    circuit.check_model(model)
+    task = get_task(circuit.task_ref)
+    data = TaskData.from_pairs(tok, task.name, task.pairs(n, "test", at_most=True),
+                               model.cfg.block_size)
+    cfg = circuit.config
+    values = resolve_values(model, cfg, TaskSplit(model, tok, task, cfg), stats)
+    with frozen(model):
+        d = logit_diffs(model, data, NodeLayout(model).split(circuit.keep_vector(model).float()),
+                        values, cfg.freeze_norm)
+    return dict(test_loss=round(float(losses(d, data.sign, circuit.calibration["scale"]).mean()), 4),
+                test_loss_uncalibrated=round(float(losses(d, data.sign).mean()), 4))
 
 
 def trial_row(r: TrialResult, edges: dict, total: int, targets) -> dict:

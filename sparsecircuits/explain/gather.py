@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..circuits.ablation import PretrainingStats
+import torch
+
+from ..circuits.ablation import Ablation, PretrainingStats, ablation_values
 from ..circuits.circuit import Circuit
 from ..circuits.pruning import TaskSplit, resolve_values
 from ..circuits.taskdata import TaskData
@@ -16,9 +18,26 @@ def circuit_task(circuit: Circuit):
 
 
 def circuit_values(circuit: Circuit, model, tok, stats: PretrainingStats):
-    """The ablation values the circuit was found with."""
+    """The ablation values the circuit was found with (for `resample`, a `Resample`: they
+    come from other prompts of the data they are run on)."""
     cfg = circuit.config
     return resolve_values(model, cfg, TaskSplit(model, tok, circuit_task(circuit), cfg), stats)
+
+
+def prompt_values(circuit: Circuit, model, tok, stats: PretrainingStats
+                  ) -> tuple[dict[str, torch.Tensor], str]:
+    """Ablation values for one prompt on its own, and a note when they differ from the
+    circuit's: a resample circuit's nodes take their values on other prompts of the task, which
+    one prompt alone does not have, so there they are held at their mean over the task's train
+    prompts (what resampling gives them on average)."""
+    cfg = circuit.config
+    if cfg.ablation is not Ablation.RESAMPLE:
+        return circuit_values(circuit, model, tok, stats), ""
+    split = TaskSplit(model, tok, circuit_task(circuit), cfg)
+    values = ablation_values(Ablation.TASK_MEAN, model, task_idx=split.train.idx,
+                             task_lengths=split.train.lengths)
+    return values, ("this resample circuit's ablated nodes are held at their mean over the "
+                    "task's train prompts (one prompt has no other prompt to take values from)")
 
 
 def gather(circuit: Circuit, model, tok, corpus, *, pairs: int = 32, browse: int = 6,

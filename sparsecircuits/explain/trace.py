@@ -20,7 +20,7 @@ from ..circuits.nodes import NodeLayout
 from ..errors import UserError
 from ..tasks.core import answer_ids
 from ..tasks.metrics import encode_prompts
-from .gather import circuit_task, circuit_values
+from .gather import circuit_task, prompt_values
 
 
 # Above this calibration scale most of the circuit's calibrated logit difference is the
@@ -38,6 +38,7 @@ class Trace:
     circuit_logit_diff_uncalibrated: float  # the circuit alone, its own logits
     calibration_scale: float              # what the circuit's logits are multiplied by
     nodes: list[dict] = field(default_factory=list)  # per circuit node, by |contribution|
+    held_at: str = ""                     # a note when ablated nodes are held otherwise than pruned
 
     @property
     def answer(self) -> str:
@@ -85,6 +86,8 @@ class Trace:
         ]
         if self.faint:
             lines.append(self._faint_words())
+        if self.held_at:
+            lines.append(f"note: {self.held_at}.")
         lines += [
             "",
             f"  {'node':<28} {'fired':>8} {'at last':>7} {'act (last)':>11} {'in model':>9} "
@@ -117,7 +120,7 @@ def trace_prompt(circuit: Circuit, model, tok, stats: PretrainingStats, prompt: 
     idx, lengths = encode_prompts(tok, [prompt], model.cfg.block_size)
     at = lengths - 1
     layout = NodeLayout(model)
-    values = circuit_values(circuit, model, tok, stats)
+    values, held = prompt_values(circuit, model, tok, stats)
     keep = circuit.keep_vector(model).float()
     # calibration is a temperature on the circuit's logits (circuits.taskdata.calibrate)
     scale = float(circuit.calibration["scale"])
@@ -148,7 +151,7 @@ def trace_prompt(circuit: Circuit, model, tok, stats: PretrainingStats, prompt: 
                           circuit_contribution=round(scale * (d_circ - d_c), 4)))
     nodes.sort(key=lambda n: -abs(n["contribution"]))
     return Trace(prompt, tuple(answers), top, round(d_full, 4), round(scale * d_circ, 4),
-                 round(d_circ, 4), scale, nodes)
+                 round(d_circ, 4), scale, nodes, held)
 
 
 def check_prompt(prompt: str) -> str:
