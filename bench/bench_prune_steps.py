@@ -20,28 +20,14 @@ from dataclasses import replace
 
 import torch
 
-from sparsecircuits.circuits import NodeLayout, PretrainingStats, PruneConfig, open_run
-from sparsecircuits.circuits.ablation import ablation_values
-from sparsecircuits.circuits.search import DEFAULT_BUDGET, search
-from sparsecircuits.circuits.taskdata import TaskData, logit_diffs, losses
+from sparsecircuits.circuits import PretrainingStats, PruneConfig, open_run
+from sparsecircuits.circuits.search import DEFAULT_BUDGET, search, test_losses
 from sparsecircuits.demo import shipped_runs
-from sparsecircuits.tasks import get_task
 
 # the tasks the demo prunes on the shipped pair: both models reach 0.15 on the test split and
 # neither model's empty circuit does (docs/RESULTS.md, "Circuits with the trusted search")
 DEMO_TASKS = ("indent_for", "lambda_func", "var_if", "while_return_true")
 CONVERGED = 0.15
-
-
-@torch.no_grad()
-def test_loss(circuit, model, tok, stats) -> tuple[float, float]:
-    pairs = get_task(circuit.task_ref).pairs(128, "test", at_most=True)
-    data = TaskData.from_pairs(tok, circuit.task, pairs, model.cfg.block_size)
-    values = ablation_values(circuit.ablation, model, stats=stats)
-    masks = NodeLayout(model).split(circuit.keep_vector(model).float())
-    d = logit_diffs(model, data, masks, values, circuit.freeze_norm)
-    return (float(losses(d, data.sign, circuit.calibration["scale"]).mean()),
-            float(losses(d, data.sign).mean()))
 
 
 def main():
@@ -73,7 +59,8 @@ def main():
                       f"({dt:.0f} s)", flush=True)
                 edges.append(None)
                 continue
-            test, test_raw = test_loss(c, model, tok, stats)
+            held = test_losses(c, model, tok, stats)
+            test, test_raw = held["test_loss"], held["test_loss_uncalibrated"]
             print(f"{name:<20} {steps:>5} {c.num_nodes:>6} {c.num_edges:>6} {c.loss:>6.3f} "
                   f"{c.loss_uncalibrated:>8.3f} {test:>6.3f} {test_raw:>9.3f} {dt:>8.0f}",
                   flush=True)

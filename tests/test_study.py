@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -50,8 +51,18 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path):  # noqa: F811
     frontier = result["tasks"][str(task)]
     for m in ("sparse", "dense"):
         assert frontier[m]["targets"]["0.05"]["edges"] == 2   # the planted path
+        # reported on the test split too, which the bisection never saw
+        at = frontier[m]["targets"]["0.05"]
+        assert at["test_loss"] <= 0.05 and at["test_loss_uncalibrated"] >= at["test_loss"]
     assert [r["ratio"] for r in result["summary"]] == [1.0, 1.0]
     assert "dense/sparse" in stdout
+    from sparsecircuits.study.compare import format_summary
+    at_015 = copy.deepcopy(result)   # the per-task table is printed at 0.15
+    for m in ("sparse", "dense"):
+        f = at_015["tasks"][str(task)][m]["targets"]
+        f["0.15"] = f["0.05"]
+    table = format_summary(at_015)
+    assert "on the test split" in table and f"{at['test_loss']:.3f}" in table
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (out / "frontier.svg").read_text()
     assert_one_line_error(*run_cli(capsys, "compare", str(run), str(twin), "--targets", "2",

@@ -20,7 +20,7 @@ from ..checkpoint import (atomic_write, atomic_write_text, output_dir, read_run_
                           versions)
 from ..circuits.ablation import PretrainingStats, model_hash
 from ..circuits.pruning import PruneConfig
-from ..circuits.search import DEFAULT_BUDGET, open_run, search
+from ..circuits.search import DEFAULT_BUDGET, open_run, search, test_losses
 from ..errors import UserError
 from ..parallel import default_jobs, run_jobs
 from ..tasks import PAPER_TASKS, get_task
@@ -145,7 +145,11 @@ def _frontier_job(a: dict, model, tok, stats) -> dict:
     t0 = time.perf_counter()
     found = search(model, tok, a["task"], a["targets"], a["cfg"], budget=a["budget"], jobs=1,
                    stats=stats, log=None)
-    return dict(task=a["task"], model=a["model"], frontier=found.frontier(),
+    frontier = found.frontier()
+    for t, c in found.circuits.items():   # reported on the test split, chosen on val
+        if c is not None:
+            frontier["targets"][str(t)].update(test_losses(c, model, tok, stats))
+    return dict(task=a["task"], model=a["model"], frontier=frontier,
                 seconds=time.perf_counter() - t0)
 
 
@@ -170,14 +174,18 @@ def format_summary(result: dict) -> str:
                          f"gives the answer away): {', '.join(r['zero_edge_tasks'])}")
     key = str(TARGET_LOSS)
     if any(key in r[m]["targets"] for r in result["tasks"].values() for m in ("sparse", "dense")):
-        lines += ["", f"per task at {key} (val loss calibrated / uncalibrated):",
-                  f"{'task':<28} {'model':<7} {'nodes':>6} {'edges':>8} {'loss':>6} {'uncal.':>7}"]
+        lines += ["", f"per task at {key} (loss on the val pairs it was bisected on, and on the "
+                  "test split; calibrated / uncalibrated):",
+                  f"{'task':<28} {'model':<7} {'nodes':>6} {'edges':>8} {'val':>6} {'uncal.':>7} "
+                  f"{'test':>6} {'uncal.':>7}"]
         for name, r in result["tasks"].items():
             for m in ("sparse", "dense"):
                 c = r[m]["targets"].get(key)
                 lines.append(f"{name:<28} {m:<7} " + (
                     f"{c['nodes']:>6} {c['edges']:>8} {c['loss']:>6.3f} "
-                    f"{c['loss_uncalibrated']:>7.3f}" if c else "no circuit reaches the target"))
+                    f"{c['loss_uncalibrated']:>7.3f} {c['test_loss']:>6.3f} "
+                    f"{c['test_loss_uncalibrated']:>7.3f}" if c else
+                    "no circuit reaches the target"))
     return "\n".join(lines)
 
 
