@@ -7,7 +7,8 @@ steps, on every demo task of a model (default: the shipped sparse one), side by 
 For each task, the default search (`prune`'s: `--budget` trials of `PruneConfig`) runs at its
 default steps and at `--factor` times as many; prints nodes, edges, the val loss calibrated and
 uncalibrated, the test-split loss of the circuit (what validation reports), the wall time of
-each search and the relative change in edges. Converged means a change of at most 15%.
+each search, the edges each trial's circuit has (the search keeps the smallest) and the
+relative change in edges. Converged means a change of at most 15%.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def main():
                            budget=a.budget, jobs=a.jobs, stats=stats, log=None)
             dt = time.perf_counter() - t0
             c = found.circuits[base.target_loss]
+            per_trial = [(r["targets"][str(base.target_loss)] or {}).get("edges", "-")
+                         for r in found.trials]
+            print(f"{'':<20} {steps:>5} edges per trial: {per_trial}", flush=True)
             if c is None:
                 print(f"{name:<20} {steps:>5} no circuit reaches {base.target_loss} "
                       f"({dt:.0f} s)", flush=True)

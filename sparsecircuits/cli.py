@@ -167,7 +167,7 @@ def _log_now(*args):
 
 def cmd_demo(a):
     from .demo import demo
-    demo(a.out, jobs=a.jobs, budget=a.budget, log=_log_now)
+    demo(a.out, jobs=a.jobs, budget=a.budget, ablation=a.ablation, log=_log_now)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -323,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--budget", type=int, default=DEMO_BUDGET,
                    help=f"trials of the circuit search per circuit (prune's default: "
                         f"{DEFAULT_BUDGET})")
+    d.add_argument("--ablation", default="mean", choices=ABLATIONS,
+                   help="what a pruned node is held at (mean: over pretraining tokens; "
+                        "resample: its value on another prompt of the task)")
     d.set_defaults(fn=cmd_demo)
     return p
 

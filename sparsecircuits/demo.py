@@ -22,6 +22,9 @@ from .parallel import default_jobs, run_jobs
 from .tasks.metrics import TARGET_LOSS
 
 SHIPPED = Path(__file__).parent / "shipped"
+ABLATION_WORDS = {"mean": "their mean over pretraining tokens (the paper's choice)",
+                  "zero": "zero", "task-mean": "their mean over the task's prompts",
+                  "resample": "their values on another prompt of the task (resample ablation)"}
 DEMO_TARGETS = (0.5, 0.3, TARGET_LOSS, 0.05)
 DEMO_BUDGET = 4   # the first half of prune's trial grid: minutes, not tens of minutes
 TARGET = TARGET_LOSS   # a model does a task at this loss or below; the circuit at it is the one
@@ -55,10 +58,11 @@ class Progress:
 
 def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, tasks=None,
          targets=DEMO_TARGETS, jobs: int | None = None, budget: int = DEMO_BUDGET,
-         log=print) -> Path:
+         ablation: str = "mean", log=print) -> Path:
     """Run the demo into `out`. `jobs` (default: one per core, each on its own thread) is how
     many (task, model) circuits are worked on at once, in separate processes; `budget` is the
-    number of trials of the circuit search (`circuits.search`) for each."""
+    number of trials of the circuit search (`circuits.search`) for each; `ablation` what the
+    pruned nodes are held at (`circuits.Ablation`; the paper's is the pretraining mean)."""
     from .circuits import open_run
     from .circuits.ablation import PretrainingStats
     from .circuits.pruning import PruneConfig, TaskSplit, empty_circuit_loss, resolve_values
@@ -85,7 +89,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     # steps: the task table, then one per (task, model) circuit, then the summary
     progress = Progress(log)
     progress.step(f"measuring both models on {len(names)} tasks")
-    cfg = PruneConfig()
+    cfg = PruneConfig(ablation=ablation)
     table, both, given_away = [], [], {}
     for n in names:
         task = by_name[n]
@@ -149,8 +153,8 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     rows = summarize(per_task, targets)
     result = dict(sparse=_model_info(sparse_run, models["sparse"]["model"]),
                   dense=_model_info(dense_run, models["dense"]["model"]),
-                  targets=list(targets), budget=budget, steps=cfg.steps, tasks=per_task,
-                  summary=rows,
+                  targets=list(targets), budget=budget, steps=cfg.steps,
+                  ablation=cfg.ablation.value, tasks=per_task, summary=rows,
                   given_away={n: {m: round(v, 4) for m, v in e.items()}
                               for n, e in given_away.items()},
                   seconds=round(progress.elapsed(), 1))
@@ -238,7 +242,8 @@ def summary_doc(result, both, found, validations, given_away=None) -> Doc:
     doc.p(f"Sparse model: val loss {s.get('val_loss', float('nan')):.3f}, weight density "
           f"{s['weight_density']:g}, activation keep fraction {s['afrac']:g}. Dense baseline: val "
           f"loss {d.get('val_loss', float('nan')):.3f}. Tasks both do at loss {TARGET} or below, "
-          f"with a circuit to find: {', '.join(both)}.")
+          f"with a circuit to find: {', '.join(both)}. Pruned nodes are held at: "
+          f"{ABLATION_WORDS[result.get('ablation', 'mean')]}.")
     if given_away:
         doc.p("Tasks both do where one model's empty circuit (every node ablated) already "
               f"reaches {TARGET}, so the last token gives the answer away and there is no "

@@ -110,6 +110,10 @@ def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811
     assert any("open" in line and "index.html" in line for line in lines)
     result = json.loads((out / "compare.json").read_text())
     assert result["summary"][-2]["ratio"] == 1.0  # target 0.15: the same model twice
+    from sparsecircuits.circuits.ablation import ABLATIONS
+    from sparsecircuits.demo import ABLATION_WORDS
+    assert result["ablation"] == "mean" and set(ABLATION_WORDS) == set(ABLATIONS)
+    assert ABLATION_WORDS["mean"] in summary
     with pytest.raises(UserError, match="--jobs 0 must be at least 1"):
         demo(tmp_path / "none", runs=(run, twin), jobs=0)
     # two worker processes find what one process finds, file for file
