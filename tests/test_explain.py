@@ -227,3 +227,24 @@ def test_viewer_in_a_real_browser(planted_circuit, tmp_path):
         assert not severe, severe
     finally:
         driver.quit()
+
+
+def test_trace_of_a_resample_circuit_holds_the_rest_at_task_means_and_says_so(planted_circuit,
+                                                                              tmp_path):
+    """One prompt has no other prompt to take values from: a resample circuit's other nodes
+    are held at their mean over the task's train prompts, and the trace says so."""
+    run, _, circuit = planted_circuit
+    d = json.loads(circuit.read_text())
+    d["config"]["ablation"] = "resample"
+    rs = tmp_path / "resample.json"
+    rs.write_text(json.dumps(d))
+    from sparsecircuits.explain import trace
+    from sparsecircuits.tasks import get_task
+    pair = get_task(d["task_ref"]).pairs(1, "test")[0]
+    t = trace(run, rs, pair.clean, log=None)
+    assert "mean over the task's train prompts" in t.held_at
+    assert "note: this resample circuit" in t.format()
+    assert t.to_dict()["held_at"] == t.held_at
+    mean = trace(run, circuit, pair.clean, log=None)   # the circuit's own ablation: no note
+    assert mean.held_at == "" and "note:" not in mean.format()
+    assert (t.circuit_logit_diff > 0) == (mean.circuit_logit_diff > 0)   # the planted path decides
