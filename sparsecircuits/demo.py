@@ -74,6 +74,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
         raise UserError(f"--jobs {jobs} must be at least 1.")
     if budget < 1:
         raise UserError(f"--budget {budget} must be at least 1 trial.")
+    cfg = PruneConfig(ablation=ablation)   # an unknown ablation is refused before any work
     out = output_dir(out)
     sparse_run, dense_run = runs or shipped_runs()
     log(f"sparsecircuits demo: circuits in a weight-sparse and a dense model, written to {out}")
@@ -89,7 +90,6 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     # steps: the task table, then one per (task, model) circuit, then the summary
     progress = Progress(log)
     progress.step(f"measuring both models on {len(names)} tasks")
-    cfg = PruneConfig(ablation=ablation)
     table, both, given_away = [], [], {}
     for n in names:
         task = by_name[n]

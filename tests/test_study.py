@@ -124,3 +124,19 @@ def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811
     for f in ("sparse.json", "dense.json"):
         a, b = (json.loads((o / "planted" / f).read_text()) for o in (out, alone))
         assert (a["nodes"], a["edges"]) == (b["nodes"], b["edges"])
+
+
+def test_demo_prunes_with_the_ablation_it_is_given(planted_run, tmp_path):  # noqa: F811
+    from sparsecircuits.demo import ABLATION_WORDS, demo
+    run, task = planted_run
+    out = demo(tmp_path / "rs", runs=(run, run), tasks=[str(task)], jobs=1, budget=1,
+               ablation="resample", log=lambda *_: None)
+    assert json.loads((out / "compare.json").read_text())["ablation"] == "resample"
+    circuit = json.loads((out / "planted" / "sparse.json").read_text())
+    assert circuit["config"]["ablation"] == "resample"
+    v = json.loads((out / "planted" / "validation-sparse.json").read_text())
+    assert v["ablation"] == "resample"
+    assert ABLATION_WORDS["resample"] in (out / "summary.md").read_text()
+    with pytest.raises(UserError, match="unknown ablation"):
+        demo(tmp_path / "bad", runs=(run, run), tasks=[str(task)], ablation="median")
+    assert not (tmp_path / "bad").exists()   # refused before anything is written
