@@ -222,6 +222,14 @@ def search(model, tok, task: Task | str, targets=(TARGET_LOSS,), cfg: PruneConfi
                   time.perf_counter() - t0)
 
 
+def circuit_values(circuit: Circuit, model, tok, stats: PretrainingStats | None = None):
+    """The ablation values the circuit was found with (for `resample`, a `Resample`: they
+    come from other prompts of the data they are run on)."""
+    cfg = circuit.config
+    return resolve_values(model, cfg, TaskSplit(model, tok, get_task(circuit.task_ref), cfg),
+                          stats)
+
+
 @torch.no_grad()
 def test_losses(circuit: Circuit, model, tok, stats: PretrainingStats | None = None,
                 n: int = 128) -> dict[str, float]:
@@ -232,7 +240,7 @@ def test_losses(circuit: Circuit, model, tok, stats: PretrainingStats | None = N
     data = TaskData.from_pairs(tok, task.name, task.pairs(n, "test", at_most=True),
                                model.cfg.block_size)
     cfg = circuit.config
-    values = resolve_values(model, cfg, TaskSplit(model, tok, task, cfg), stats)
+    values = circuit_values(circuit, model, tok, stats)
     with frozen(model):
         d = logit_diffs(model, data, NodeLayout(model).split(circuit.keep_vector(model).float()),
                         values, cfg.freeze_norm)

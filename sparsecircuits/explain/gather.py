@@ -6,7 +6,8 @@ import torch
 
 from ..circuits.ablation import Ablation, PretrainingStats, ablation_values
 from ..circuits.circuit import Circuit
-from ..circuits.pruning import TaskSplit, resolve_values
+from ..circuits.pruning import TaskSplit
+from ..circuits.search import circuit_values
 from ..circuits.taskdata import TaskData
 from ..errors import UserError
 from ..tasks import get_task
@@ -15,13 +16,6 @@ from .cards import node_cards, prompt_activations
 
 def circuit_task(circuit: Circuit):
     return get_task(circuit.task_ref)
-
-
-def circuit_values(circuit: Circuit, model, tok, stats: PretrainingStats):
-    """The ablation values the circuit was found with (for `resample`, a `Resample`: they
-    come from other prompts of the data they are run on)."""
-    cfg = circuit.config
-    return resolve_values(model, cfg, TaskSplit(model, tok, circuit_task(circuit), cfg), stats)
 
 
 def prompt_values(circuit: Circuit, model, tok, stats: PretrainingStats
