@@ -2,13 +2,14 @@
 steps, on every demo task of a model (default: the shipped sparse one), side by side.
 
     python bench/bench_prune_steps.py [--run RUN_DIR] [--tasks TASK ...] [--factor 2]
-                                      [--budget 8] [--jobs 2]
+                                      [--budget 8] [--jobs 2] [--set KEY=VALUE ...]
 
 For each task, the default search (`prune`'s: `--budget` trials of `PruneConfig`) runs at its
 default steps and at `--factor` times as many; prints nodes, edges, the val loss calibrated and
 uncalibrated, the test-split loss of the circuit (what validation reports), the wall time of
 each search, the edges each trial's circuit has (the search keeps the smallest) and the
-relative change in edges. Converged means a change of at most 15%.
+relative change in edges. Converged means a change of at most 15%. `--set` changes a pruning
+setting of both searches (e.g. `--set train_pairs=1024`), to measure a lever.
 """
 
 from __future__ import annotations
@@ -38,13 +39,17 @@ def main():
     ap.add_argument("--factor", type=float, default=2.0)
     ap.add_argument("--budget", type=int, default=DEFAULT_BUDGET)
     ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="a pruning setting for both searches, e.g. train_pairs=1024")
     a = ap.parse_args()
     run = a.run or shipped_runs()[0]
     model, tok, corpus = open_run(run)
     stats = PretrainingStats.cached(model, corpus)
-    base = PruneConfig()
+    base = PruneConfig.from_dict({k: float(v) if "." in v else int(v)
+                                  for k, v in (kv.split("=", 1) for kv in a.set)})
     print(f"{run}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}; search: {a.budget} trials, {a.jobs or 'default'} jobs")
+          f"torch {torch.__version__}; search: {a.budget} trials, {a.jobs or 'default'} jobs"
+          + (f"; settings {' '.join(a.set)}" if a.set else ""))
     print(f"{'task':<20} {'steps':>5} {'nodes':>6} {'edges':>6} {'val':>6} {'val unc.':>8} "
           f"{'test':>6} {'test unc.':>9} {'seconds':>8}")
     for name in a.tasks:

@@ -120,7 +120,7 @@ def cmd_validate(a):
         raise UserError(f"{a.circuit} does not say which run it came from; pass --run RUN_DIR.")
     model, tok, corpus = open_run(run)
     report = validate(circuit, model, tok, corpus=corpus, n=a.n, draws=a.draws,
-                      controls=not a.no_controls, seed=a.seed)
+                      controls=not a.no_controls, seed=a.seed, jobs=a.jobs)
     print()
     print(report.format())
     if a.out:
@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--no-controls", action="store_true",
                     help="skip the controls and sensitivity prunings (faster)")
     va.add_argument("--seed", type=int, default=0)
+    va.add_argument("--jobs", type=int, default=None,
+                    help="the controls' pruning runs in parallel (default: one per core)")
     va.set_defaults(fn=cmd_validate)
 
     vw = sub.add_parser("view", help="write a circuit's interactive viewer (one HTML file)")

@@ -176,9 +176,10 @@ def reinitialised(model, seed: int = 0):
     return twin
 
 
-def control_size(model, tok, task, cfg, stats, budget: int, bound: float) -> dict:
+def control_size(model, tok, task, cfg, stats, budget: int, bound: float,
+                 jobs: int | None = None) -> dict:
     """The same search as the circuit's, for a control; nodes and edges of what it finds."""
-    found = search(model, tok, task, (cfg.target_loss,), cfg, budget=budget, jobs=1,
+    found = search(model, tok, task, (cfg.target_loss,), cfg, budget=budget, jobs=jobs,
                    stats=stats, bound=bound, control=True, log=None)
     c = found.circuits[cfg.target_loss]
     if c is None:
@@ -189,8 +190,9 @@ def control_size(model, tok, task, cfg, stats, budget: int, bound: float) -> dic
 
 def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = None, corpus=None,
              n: int = 128, draws: int = 20, controls: bool = True, seed: int = 0,
-             log=print) -> Validation:
-    """Run the validation battery for `circuit` on its own model."""
+             jobs: int | None = None, log=print) -> Validation:
+    """Run the validation battery for `circuit` on its own model. The controls' searches run
+    `jobs` trials at a time (default: one per core), as `prune`'s does."""
     circuit.check_model(model)
     if stats is None:
         if corpus is None:
@@ -312,7 +314,7 @@ def validate(circuit: Circuit, model, tok, *, stats: PretrainingStats | None = N
                 twin_stats = PretrainingStats.compute(twin, _bank_source(corpus, stats))
                 args = (twin, task, cfg, twin_stats)
             m, t, c, s = args
-            result = control_size(m, tok, t, c, s, budget, bound)
+            result = control_size(m, tok, t, c, s, budget, bound, jobs)
             (report.controls if name.startswith("control") else report.sensitivity)[name] = result
     report.verdicts, report.convincing, report.summary = _verdicts(report, cfg.target_loss)
     return report
