@@ -874,6 +874,39 @@ def test_nodes_switched_off_last_rank_first_among_the_clamped():
     assert MaskTraining(final, [], mean).order().tolist() == [0, 3, 2, 4, 1]
 
 
+def test_switched_off_nodes_rank_by_what_their_return_would_gain():
+    from sparsecircuits.circuits.pruning import MaskTraining
+    final = torch.tensor([1.0, -1.0, -1.0, 0.5, -1.0])
+    mean = torch.tensor([0.9, -0.9, 0.2, 0.4, -0.1])
+    gain = torch.tensor([0.0, -0.3, 0.1, 0.0, -0.3])  # nodes 1 and 4 would help; ties by mean
+    assert MaskTraining(final, [], mean, gain).order().tolist() == [0, 3, 4, 1, 2]
+
+
+def test_the_gain_finds_the_planted_node_the_masks_dropped(planted_setup):
+    """A trained set missing the planted neuron, which was also the first node switched off:
+    by mean tau it would come last of all; by its gain it comes next, and the bisection finds
+    the planted circuit."""
+    from sparsecircuits.circuits.pruning import MaskTraining, switch_gain
+    model, corpus, task, stats = planted_setup
+    cfg = PruneConfig(train_pairs=64, val_pairs=32)
+    split = TaskSplit(model, corpus.tokenizer, task, cfg)
+    layout = NodeLayout(model)
+    planted = layout.from_sets(PLANTED)
+    neuron = int(layout.from_sets({"blocks.0.mlp.neuron": [0]}).nonzero())
+    scores = torch.where(planted, 1.0, -1.0)
+    scores[neuron] = -1.0
+    mean = torch.where(planted, 0.5, 0.0)
+    mean[neuron] = -1.0
+    gain = switch_gain(model, split.train, stats.means, (scores >= 0).float(), cfg, layout)
+    assert int(torch.argmin(gain)) == neuron
+    order = MaskTraining(scores, [], mean, gain).order()
+    assert set(order[:3].tolist()) == set(planted.nonzero().flatten().tolist())
+    assert MaskTraining(scores, [], mean).order()[-1] == neuron   # the old tail: last
+    bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
+    judge = Judge(model, split.val, stats.means, order, cfg, layout, bound)
+    assert judge.smallest(0.15) == 3
+
+
 def test_an_interchange_that_random_circuits_match_is_blamed_on_size():
     from sparsecircuits.circuits.validate import _verdicts
     as_many = dict(flipped=0.98, random=[0.98] * 20, random_median=0.98, random_max=1.0)

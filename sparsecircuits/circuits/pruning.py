@@ -4,7 +4,8 @@ One mask score tau per node, drawn from N(init_bias, init_scale^2) and clamped t
 forward pass keeps node i where tau_i >= 0 (a Heaviside step) and holds the others at their
 ablation value; the backward pass uses the sigmoid-derivative surrogate sigma'(tau/T)/T. The
 objective is task loss + k_coef * (number of kept nodes), minimised by AdamW over tau only: the
-model's weights never change. Then the nodes are ranked by tau and a bisection finds the
+model's weights never change. Then the nodes are ranked (the kept ones by tau, the others by
+how much switching each one back on would lower the train loss) and a bisection finds the
 smallest k whose top-k set reaches the target loss on the val pairs (words and templates the
 masks never saw) after a bounded temperature calibration (`taskdata.calibrate`), and is no
 worse than the empty circuit before it. `search.py` runs this for a list of targets over a
@@ -52,7 +53,7 @@ class PruneConfig:
     temperature: float = 1.0
     grad_clip: float = 1.0
     train_pairs: int = 256         # pairs the masks are trained on (the train split)
-    val_pairs: int = 128           # pairs the bisection judges on (the val split)
+    val_pairs: int = 256           # pairs the bisection judges on (the val split)
     calibrate: bool = True         # fit a bounded temperature (taskdata.calibrate)
 
     def __post_init__(self):
@@ -153,16 +154,23 @@ class MaskTraining:
     scores: torch.Tensor                        # (total,) final tau
     curve: list[tuple[int, float, int]]         # (step, task loss, nodes on), 20 points
     mean_scores: torch.Tensor | None = None     # (total,) tau averaged over the steps
+    gain: torch.Tensor | None = None            # (total,) `switch_gain` at the trained set
 
     def order(self) -> torch.Tensor:
-        """Nodes from most to least kept: by final tau, and among equal ones (the clamp at -1
-        ties every node that was switched off) by mean tau over training, so the nodes
-        switched off last come first. Without the second key the bisection, when the trained
-        set falls short on the val pairs, grows it in node-index order: thousands of nodes."""
+        """Nodes from most to least kept: the trained set (tau >= 0) by final tau, then the
+        nodes it switched off, the ones whose return would lower the train loss most first
+        (`gain`, to first order), ties by mean tau over training (the nodes switched off last
+        first). The bisection reads this order past the trained set whenever that set falls
+        short on the val pairs (docs/CIRCUITS.md, "Bisection")."""
         order = torch.arange(len(self.scores))
         if self.mean_scores is not None:
             order = torch.argsort(-self.mean_scores, stable=True)
-        return order[torch.argsort(-self.scores[order], stable=True)]
+        order = order[torch.argsort(-self.scores[order], stable=True)]
+        if self.gain is None:
+            return order
+        off = self.scores[order] < 0
+        tail = order[off]
+        return torch.cat([order[~off], tail[torch.argsort(self.gain[tail], stable=True)]])
 
     @property
     def still_falling(self) -> bool:
@@ -214,7 +222,27 @@ def train_masks(model, data: TaskData, values, cfg: PruneConfig, layout: NodeLay
             if log and (step + 1) % max(1, cfg.steps // 5) == 0:
                 log(f"  step {step + 1}/{cfg.steps}: task loss {task_loss.item():.3f}, "
                     f"{int(m.sum())} nodes on")
-    return MaskTraining(tau.detach(), curve, total / cfg.steps)
+    tau = tau.detach()
+    vals = values.step(cfg.steps) if isinstance(values, Resample) else values
+    gain = switch_gain(model, data, vals, (tau >= 0).float(), cfg, layout)
+    return MaskTraining(tau, curve, total / cfg.steps, gain)
+
+
+def switch_gain(model, data: TaskData, values, on: torch.Tensor, cfg: PruneConfig,
+                layout: NodeLayout, pairs: int = 64) -> torch.Tensor:
+    """d(mean task loss) / d(mask) at the 0/1 mask `on`, over every pair of `data`: to first
+    order, the change in loss from switching each node that is off on (negative: it helps)."""
+    gain = torch.zeros(layout.total)
+    with torch.enable_grad():
+        for i in range(0, len(data) // 2, pairs):
+            rows = torch.arange(2 * i, min(2 * (i + pairs), len(data)))
+            part = data.rows(rows)
+            m = on.clone().requires_grad_(True)
+            d = logit_diffs(model, part, layout.split(m), values, cfg.freeze_norm,
+                            batch=len(part))
+            (g,) = torch.autograd.grad(losses(d, part.sign).sum() / len(data), m)
+            gain += g
+    return gain
 
 
 @dataclass
