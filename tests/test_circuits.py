@@ -880,6 +880,32 @@ def test_switched_off_nodes_rank_by_what_their_return_would_gain():
     mean = torch.tensor([0.9, -0.9, 0.2, 0.4, -0.1])
     gain = torch.tensor([0.0, -0.3, 0.1, 0.0, -0.3])  # nodes 1 and 4 would help; ties by mean
     assert MaskTraining(final, [], mean, gain).order().tolist() == [0, 3, 4, 1, 2]
+    by_gain, by_mean = MaskTraining(final, [], mean, gain).orders()
+    assert by_gain.tolist() == [0, 3, 4, 1, 2] and by_mean.tolist() == [0, 3, 2, 4, 1]
+    assert len(MaskTraining(final, [], mean).orders()) == 1
+
+
+def test_a_trial_keeps_the_smaller_circuit_of_its_two_rankings(planted_setup, monkeypatch):
+    """Masks that switched the whole planted path off: the gain (zero for each node of a path
+    in series) ranks noise first, mean tau ranks the path first; the trial keeps the 3."""
+    import importlib
+    from sparsecircuits.circuits.pruning import MaskTraining
+    search_mod = importlib.import_module("sparsecircuits.circuits.search")
+    model, corpus, task, stats = planted_setup
+    layout = NodeLayout(model)
+    planted = layout.from_sets(PLANTED)
+    mean = torch.where(planted, 0.5, -0.5)
+    gain = torch.rand(layout.total, generator=torch.Generator().manual_seed(0)) - 0.5
+    gain[planted] = 0.0
+    off = MaskTraining(torch.full((layout.total,), -1.0), [(1, 0.7, 0)], mean, gain)
+    monkeypatch.setattr(search_mod, "train_masks", lambda *a, **k: off)
+    cfg = PruneConfig(train_pairs=64, val_pairs=32)
+    split = TaskSplit(model, corpus.tokenizer, task, cfg)
+    bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
+    r = search_mod.run_trial(model, split, stats.means, cfg, (0.15,), bound)
+    keep, _ = r.found[0.15]
+    assert keep.tolist() == planted.tolist()
+    assert len(r.probes) == 2
 
 
 def test_the_gain_finds_the_planted_node_the_masks_dropped(planted_setup):

@@ -4,12 +4,13 @@ One mask score tau per node, drawn from N(init_bias, init_scale^2) and clamped t
 forward pass keeps node i where tau_i >= 0 (a Heaviside step) and holds the others at their
 ablation value; the backward pass uses the sigmoid-derivative surrogate sigma'(tau/T)/T. The
 objective is task loss + k_coef * (number of kept nodes), minimised by AdamW over tau only: the
-model's weights never change. Then the nodes are ranked (the kept ones by tau, the others by
-how much switching each one back on would lower the train loss) and a bisection finds the
-smallest k whose top-k set reaches the target loss on the val pairs (words and templates the
-masks never saw) after a bounded temperature calibration (`taskdata.calibrate`), and is no
-worse than the empty circuit before it. `search.py` runs this for a list of targets over a
-set of trials; it is the one place circuits are found.
+model's weights never change. Then the nodes are ranked (the kept ones by tau; the others
+twice, by how much switching each one back on would lower the train loss and by mean tau) and
+a bisection of each ranking finds the smallest k whose top-k set reaches the target loss on
+the val pairs (words and templates the masks never saw) after a bounded temperature
+calibration (`taskdata.calibrate`), and is no worse than the empty circuit before it.
+`search.py` runs this for a list of targets over a set of trials; it is the one place circuits
+are found.
 """
 
 from __future__ import annotations
@@ -156,21 +157,30 @@ class MaskTraining:
     mean_scores: torch.Tensor | None = None     # (total,) tau averaged over the steps
     gain: torch.Tensor | None = None            # (total,) `switch_gain` at the trained set
 
-    def order(self) -> torch.Tensor:
+    def order(self, by_gain: bool = True) -> torch.Tensor:
         """Nodes from most to least kept: the trained set (tau >= 0) by final tau, then the
-        nodes it switched off, the ones whose return would lower the train loss most first
-        (`gain`, to first order), ties by mean tau over training (the nodes switched off last
-        first). The bisection reads this order past the trained set whenever that set falls
-        short on the val pairs (docs/CIRCUITS.md, "Bisection")."""
+        nodes it switched off. Those come by mean tau over training (the nodes switched off
+        last first) or, `by_gain`, the ones whose return would lower the train loss most
+        first (`gain`, to first order), ties by mean tau. The bisection reads this order past
+        the trained set whenever that set falls short on the val pairs (docs/CIRCUITS.md,
+        "Bisection")."""
         order = torch.arange(len(self.scores))
         if self.mean_scores is not None:
             order = torch.argsort(-self.mean_scores, stable=True)
         order = order[torch.argsort(-self.scores[order], stable=True)]
-        if self.gain is None:
+        if self.gain is None or not by_gain:
             return order
         off = self.scores[order] < 0
         tail = order[off]
         return torch.cat([order[~off], tail[torch.argsort(self.gain[tail], stable=True)]])
+
+    def orders(self) -> list[torch.Tensor]:
+        """The rankings the bisection tries, by gain first. They differ only past the trained
+        set, and each fails where the other serves: the gain is a first-order estimate at the
+        trained set, good when the set is a little short and blind when it is far short (the
+        nodes of a path in series each gain nothing alone), where the training history in
+        mean tau still ranks them."""
+        return [self.order()] if self.gain is None else [self.order(True), self.order(False)]
 
     @property
     def still_falling(self) -> bool:
@@ -263,14 +273,18 @@ class Judge:
     same ranking for several targets reuses each probe."""
 
     def __init__(self, model, data: TaskData, values, order: torch.Tensor, cfg: PruneConfig,
-                 layout: NodeLayout, bound: float):
-        """`order`: node indices from most to least kept (`MaskTraining.order`)."""
+                 layout: NodeLayout, bound: float, seen: dict[bytes, Probe] | None = None):
+        """`order`: node indices from most to least kept (`MaskTraining.order`). `seen`: the
+        probes of judges of other rankings on the same data and values, by node set, to share:
+        two rankings of one trained set agree up to its size. `values` must already be
+        `Swapped` (`Resample.on(data)`) when judges share `seen`."""
         if isinstance(values, Resample):  # one pairing for every probe, its sources run once
             values = values.on(data, all_activations(model, data))
         self.model, self.data, self.values, self.cfg, self.layout = model, data, values, cfg, layout
         self.bound = bound
         self.order = order
         self.probes: dict[int, Probe] = {}
+        self.seen = {} if seen is None else seen
 
     def keep(self, k: int) -> torch.Tensor:
         keep = torch.zeros(self.layout.total, dtype=torch.bool)
@@ -280,12 +294,16 @@ class Judge:
     @torch.no_grad()
     def __call__(self, k: int) -> Probe:
         if k not in self.probes:
-            d = logit_diffs(self.model, self.data, self.layout.split(self.keep(k).float()),
-                            self.values, self.cfg.freeze_norm)
-            sign = self.data.sign
-            scale = calibrate(d, sign, self.bound) if self.cfg.calibrate else 1.0
-            self.probes[k] = Probe(float(losses(d, sign, scale).mean()),
-                                   float(losses(d, sign).mean()), scale)
+            keep = self.keep(k)
+            key = keep.numpy().tobytes()
+            if key not in self.seen:
+                d = logit_diffs(self.model, self.data, self.layout.split(keep.float()),
+                                self.values, self.cfg.freeze_norm)
+                sign = self.data.sign
+                scale = calibrate(d, sign, self.bound) if self.cfg.calibrate else 1.0
+                self.seen[key] = Probe(float(losses(d, sign, scale).mean()),
+                                       float(losses(d, sign).mean()), scale)
+            self.probes[k] = self.seen[key]
         return self.probes[k]
 
     def smallest(self, target: float) -> int | None:

@@ -26,7 +26,7 @@ from .ablation import Ablation, PretrainingStats, model_hash
 from .circuit import Circuit, count_edges, stamp
 from .nodes import NodeLayout
 from .pruning import Judge, PruneConfig, TaskSplit, resolve_values, train_masks
-from .taskdata import TaskData, logit_diffs, losses, scale_bound
+from .taskdata import Resample, TaskData, all_activations, logit_diffs, losses, scale_bound
 
 # (k_coef multiplier, lr multiplier) around the centres of `PruneConfig`, in the order a
 # budget takes them. Past the grid, the same trials with new seeds.
@@ -77,7 +77,7 @@ class TrialResult:
     curve: list[tuple[int, float, int]]    # (step, task loss, nodes on) during mask training
     still_falling: bool
     found: dict[float, tuple]              # target -> (keep, Probe)
-    probes: list[tuple[int, float]]        # (k, calibrated val loss) at every probe
+    probes: list[list[tuple[int, float]]]  # per ranking, (k, calibrated val loss) per probe
     seconds: float
 
 
@@ -89,14 +89,19 @@ def run_trial(model, split: TaskSplit, values, cfg: PruneConfig, targets, bound:
     layout = NodeLayout(model)
     with frozen(model):
         masks = train_masks(model, split.train, values, cfg, layout, log)
-        judge = Judge(model, split.val, values, masks.order(), cfg, layout, bound)
+        if isinstance(values, Resample):  # one pairing shared by both rankings' judges
+            values = values.on(split.val, all_activations(model, split.val))
+        seen = {}
+        judges = [Judge(model, split.val, values, order, cfg, layout, bound, seen)
+                  for order in masks.orders()]
         found = {}
         for t in sorted(targets, reverse=True):
-            k = judge.smallest(t)
-            if k is not None:
-                found[t] = (judge.keep(k), judge(k))
+            at = [(k, i) for i, j in enumerate(judges) if (k := j.smallest(t)) is not None]
+            if at:
+                k, i = min(at)
+                found[t] = (judges[i].keep(k), judges[i](k))
     return TrialResult(cfg, masks.curve, masks.still_falling, found,
-                       sorted((k, p.loss) for k, p in judge.probes.items()),
+                       [sorted((k, p.loss) for k, p in j.probes.items()) for j in judges],
                        time.perf_counter() - t0)
 
 
