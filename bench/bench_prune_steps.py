@@ -25,6 +25,7 @@ import torch
 from sparsecircuits.circuits import PretrainingStats, PruneConfig, open_run
 from sparsecircuits.circuits.search import DEFAULT_BUDGET, search, test_losses
 from sparsecircuits.demo import shipped_runs
+from sparsecircuits.errors import UserError
 
 # the tasks the demo prunes on the shipped pair: both models reach 0.15 on the test split and
 # neither model's empty circuit does (docs/RESULTS.md, "Circuits with the trusted search")
@@ -45,8 +46,11 @@ def main():
     run = a.run or shipped_runs()[0]
     model, tok, corpus = open_run(run)
     stats = PretrainingStats.cached(model, corpus)
-    base = PruneConfig.from_dict({k: float(v) if "." in v else int(v)
-                                  for k, v in (kv.split("=", 1) for kv in a.set)})
+    try:
+        base = PruneConfig.from_dict({k: float(v) if "." in v else int(v)
+                                      for k, v in (kv.split("=", 1) for kv in a.set)})
+    except (ValueError, UserError) as e:
+        ap.error(f"--set takes KEY=NUMBER pairs of pruning settings ({e})")
     print(f"{run}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}; search: {a.budget} trials, {a.jobs or 'default'} jobs"
           + (f"; settings {' '.join(a.set)}" if a.set else ""))

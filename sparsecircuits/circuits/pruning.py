@@ -276,8 +276,7 @@ class Judge:
                  layout: NodeLayout, bound: float, seen: dict[bytes, Probe] | None = None):
         """`order`: node indices from most to least kept (`MaskTraining.order`). `seen`: the
         probes of judges of other rankings on the same data and values, by node set, to share:
-        two rankings of one trained set agree up to its size. `values` must already be
-        `Swapped` (`Resample.on(data)`) when judges share `seen`."""
+        two rankings of one trained set agree up to its size."""
         if isinstance(values, Resample):  # one pairing for every probe, its sources run once
             values = values.on(data, all_activations(model, data))
         self.model, self.data, self.values, self.cfg, self.layout = model, data, values, cfg, layout
