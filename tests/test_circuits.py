@@ -897,8 +897,9 @@ def test_a_trial_keeps_the_smaller_circuit_of_its_two_rankings(planted_setup, mo
     mean = torch.where(planted, 0.5, -0.5)
     gain = torch.rand(layout.total, generator=torch.Generator().manual_seed(0)) - 0.5
     gain[planted] = 0.0
-    off = MaskTraining(torch.full((layout.total,), -1.0), [(1, 0.7, 0)], mean, gain)
+    off = MaskTraining(torch.full((layout.total,), -1.0), [(1, 0.7, 0)], mean)
     monkeypatch.setattr(search_mod, "train_masks", lambda *a, **k: off)
+    monkeypatch.setattr(search_mod, "switch_gain", lambda *a, **k: gain)
     cfg = PruneConfig(train_pairs=64, val_pairs=32)
     split = TaskSplit(model, corpus.tokenizer, task, cfg)
     bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
@@ -906,6 +907,74 @@ def test_a_trial_keeps_the_smaller_circuit_of_its_two_rankings(planted_setup, mo
     keep, _ = r.found[0.15]
     assert keep.tolist() == planted.tolist()
     assert len(r.probes) == 2
+
+
+def test_a_trial_whose_trained_set_passes_ranks_no_tail(planted_setup, monkeypatch):
+    """Both rankings agree up to the trained set: when it passes, the gain is never computed
+    and the bisection probes only below it."""
+    import importlib
+    from sparsecircuits.circuits.pruning import MaskTraining
+    search_mod = importlib.import_module("sparsecircuits.circuits.search")
+    model, corpus, task, stats = planted_setup
+    layout = NodeLayout(model)
+    planted = layout.from_sets(PLANTED)
+    extra = torch.zeros(layout.total, dtype=torch.bool)
+    extra[(~planted).nonzero().flatten()[:5]] = True    # 5 unneeded nodes kept beside the path
+    scores = torch.where(planted, 1.0, torch.where(extra, 0.5, -1.0))
+    on = MaskTraining(scores, [(1, 0.1, 8)], scores)
+    monkeypatch.setattr(search_mod, "train_masks", lambda *a, **k: on)
+
+    def no_gain(*a, **k):
+        raise AssertionError("the gain was computed for a trained set that passes")
+
+    monkeypatch.setattr(search_mod, "switch_gain", no_gain)
+    cfg = PruneConfig(train_pairs=64, val_pairs=32)
+    split = TaskSplit(model, corpus.tokenizer, task, cfg)
+    bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
+    r = search_mod.run_trial(model, split, stats.means, cfg, (0.15,), bound)
+    keep, _ = r.found[0.15]
+    assert keep.tolist() == planted.tolist()
+    (probes,) = r.probes
+    assert max(k for k, _ in probes) == 8 and len(probes) <= 6   # 0, 8, then 1..8 bisected
+
+
+def test_the_bisection_starts_at_the_trained_set_and_stays_below_a_bound(monkeypatch):
+    model = random_model()
+    layout = NodeLayout(model)
+    data = TaskData(torch.randint(0, 512, (8, 6)), torch.full((8,), 6), torch.ones(8, dtype=torch.long),
+                    torch.full((8,), 2), torch.tensor([1.0, -1.0] * 4))
+    answer = 60   # of 576 nodes: below a collapsed trial's share, so bisected exactly
+    calls = []
+
+    def fake_diffs(model_, data_, masks=None, values=None, freeze_norm=False, batch=256):
+        k = int(sum(m.sum() for m in masks.values()))
+        calls.append(k)
+        return data_.sign * (10.0 if k >= answer else -10.0)
+
+    import sparsecircuits.circuits.pruning as pruning
+    monkeypatch.setattr(pruning, "logit_diffs", fake_diffs)
+    judge = Judge(model, data, None, torch.arange(layout.total), PruneConfig(calibrate=False),
+                  layout, bound=1.0)
+    assert judge.smallest(0.15, start=50) == answer
+    assert min(k for k in calls if k > 0) == 50 and max(calls) == 100   # 50 fails, 100 passes
+    calls.clear()
+    judge = Judge(model, data, None, torch.arange(layout.total), PruneConfig(calibrate=False),
+                  layout, bound=1.0)
+    assert judge.smallest(0.15, start=50, below=answer) is None   # nothing smaller than 60
+    assert max(calls) == answer - 1
+
+
+def test_a_collapsed_trial_is_bisected_to_one_percent_of_the_nodes():
+    total, answer = 5000, 4321
+    probes = []
+
+    def passes(k):
+        probes.append(k)
+        return k >= answer
+
+    k = bisect_smallest(passes, 2049, 5000, slack=total // 100)
+    assert answer <= k <= answer + total // 100 and passes(k)
+    assert len(probes) <= 9    # exact would take 12
 
 
 def test_the_gain_finds_the_planted_node_the_masks_dropped(planted_setup):

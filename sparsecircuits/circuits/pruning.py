@@ -105,16 +105,17 @@ def heaviside(tau: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return _Heaviside.apply(tau, temperature)
 
 
-def bisect_smallest(passes: Callable[[int], bool], lo: int, hi: int) -> int:
-    """The smallest k in [lo, hi] with passes(k), assuming passes is monotone and passes(hi).
-    Probes O(log(hi - lo)) values."""
-    while lo < hi:
+def bisect_smallest(passes: Callable[[int], bool], lo: int, hi: int, slack: int = 0) -> int:
+    """The smallest k in [lo, hi] with passes(k), assuming passes is monotone and passes(hi);
+    with `slack`, a passing k at most `slack` above it. Probes O(log((hi - lo) / (slack + 1)))
+    values."""
+    while hi - lo > slack:
         mid = (lo + hi) // 2
         if passes(mid):
             hi = mid
         else:
             lo = mid + 1
-    return lo
+    return hi
 
 
 class TaskSplit:
@@ -183,6 +184,11 @@ class MaskTraining:
         return [self.order()] if self.gain is None else [self.order(True), self.order(False)]
 
     @property
+    def kept(self) -> int:
+        """The size of the trained set (tau >= 0)."""
+        return int((self.scores >= 0).sum())
+
+    @property
     def still_falling(self) -> bool:
         """The kept count fell by more than 5% over the last quarter of training: more steps
         would have made the circuit smaller."""
@@ -232,10 +238,7 @@ def train_masks(model, data: TaskData, values, cfg: PruneConfig, layout: NodeLay
             if log and (step + 1) % max(1, cfg.steps // 5) == 0:
                 log(f"  step {step + 1}/{cfg.steps}: task loss {task_loss.item():.3f}, "
                     f"{int(m.sum())} nodes on")
-    tau = tau.detach()
-    vals = values.step(cfg.steps) if isinstance(values, Resample) else values
-    gain = switch_gain(model, data, vals, (tau >= 0).float(), cfg, layout)
-    return MaskTraining(tau, curve, total / cfg.steps, gain)
+    return MaskTraining(tau.detach(), curve, total / cfg.steps)
 
 
 def switch_gain(model, data: TaskData, values, on: torch.Tensor, cfg: PruneConfig,
@@ -266,6 +269,9 @@ class Probe:
         """At the target after calibration, and no worse than the empty circuit before it: a
         circuit that does worse than no circuit at all is never a pass, whatever its scale."""
         return self.loss <= target and self.loss_uncalibrated <= empty_uncalibrated + 1e-9
+
+
+COLLAPSED = 0.25   # a trial whose circuit keeps more than this share of all nodes collapsed
 
 
 class Judge:
@@ -305,25 +311,35 @@ class Judge:
             self.probes[k] = self.seen[key]
         return self.probes[k]
 
-    def smallest(self, target: float) -> int | None:
-        """The smallest k whose top-k set passes, or None.
+    def passes(self, k: int, target: float) -> bool:
+        return self(k).passes(target, self(0).loss_uncalibrated)
 
-        Probes a doubling grid up to the first passing size, then bisects below it. The full
-        set may fail where a subset passes (a control task the model never learnt), so a
-        failing full model does not end the search."""
-        empty = self(0).loss_uncalibrated
-        passes = lambda k: self(k).passes(target, empty)  # noqa: E731
+    def smallest(self, target: float, start: int = 1, below: int | None = None) -> int | None:
+        """The smallest k (below `below`, if given) whose top-k set passes, or None.
+
+        Probes `start` (the trained set's size) first: if it passes, bisects below it; if not,
+        doubles from it up to the first passing size, then bisects between. The full set may
+        fail where a subset passes (a control task the model never learnt), so a failing full
+        model does not end the search. Past `COLLAPSED` of all nodes (a collapsed trial, which
+        wins only when every trial collapses) the bisection stops within 1% of all nodes."""
         total = self.layout.total
-        if passes(0):
+        hi = total if below is None else min(total, below - 1)
+        if self.passes(0, target):
             return 0
-        prev, k = 0, 1
-        while not passes(min(k, total)) and k < total:
-            prev, k = k, 2 * k
-        k = min(k, total)
-        if not passes(k):
+        if hi < 1:
             return None
-        return bisect_smallest(passes, prev + 1, k)
-
+        lo = k = min(max(start, 1), hi)
+        if not self.passes(k, target):
+            while True:
+                lo, k = k + 1, min(2 * k, hi)
+                if self.passes(k, target):
+                    break
+                if k == hi:
+                    return None
+        else:
+            lo = 1
+        slack = total // 100 if k > COLLAPSED * total else 0
+        return bisect_smallest(lambda j: self.passes(j, target), lo, k, slack)
 
 
 @torch.no_grad()

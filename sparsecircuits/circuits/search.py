@@ -25,14 +25,14 @@ from ..tasks.metrics import TARGET_LOSS
 from .ablation import Ablation, PretrainingStats, model_hash
 from .circuit import Circuit, count_edges, stamp
 from .nodes import NodeLayout
-from .pruning import Judge, PruneConfig, TaskSplit, resolve_values, train_masks
+from .pruning import (COLLAPSED, Judge, PruneConfig, TaskSplit, resolve_values, switch_gain,
+                      train_masks)
 from .taskdata import Resample, TaskData, all_activations, logit_diffs, losses, scale_bound
 
 # (k_coef multiplier, lr multiplier) around the centres of `PruneConfig`, in the order a
 # budget takes them. Past the grid, the same trials with new seeds.
 TRIALS = [(1, 1), (3, 1), (0.3, 1), (1, 0.3), (3, 0.3), (10, 1), (0.3, 0.3), (1, 3)]
 DEFAULT_BUDGET = 8
-COLLAPSED = 0.25   # a trial whose circuit keeps more than this share of all nodes collapsed
 
 
 def search_trials(cfg: PruneConfig, budget: int) -> list[PruneConfig]:
@@ -89,17 +89,27 @@ def run_trial(model, split: TaskSplit, values, cfg: PruneConfig, targets, bound:
     layout = NodeLayout(model)
     with frozen(model):
         masks = train_masks(model, split.train, values, cfg, layout, log)
+        judged = values
         if isinstance(values, Resample):  # one pairing shared by both rankings' judges
-            values = values.on(split.val, all_activations(model, split.val))
+            judged = values.on(split.val, all_activations(model, split.val))
         seen = {}
-        judges = [Judge(model, split.val, values, order, cfg, layout, bound, seen)
-                  for order in masks.orders()]
+        judges = [Judge(model, split.val, judged, masks.order(), cfg, layout, bound, seen)]
+        if not all(judges[0].passes(masks.kept, t) for t in targets):
+            # the trained set falls short somewhere: the nodes past it are ranked by gain too
+            drawn = values.step(cfg.steps) if isinstance(values, Resample) else values
+            masks.gain = switch_gain(model, split.train, drawn, (masks.scores >= 0).float(),
+                                     cfg, layout)
+            judges = [Judge(model, split.val, judged, order, cfg, layout, bound, seen)
+                      for order in masks.orders()]
         found = {}
         for t in sorted(targets, reverse=True):
-            at = [(k, i) for i, j in enumerate(judges) if (k := j.smallest(t)) is not None]
-            if at:
-                k, i = min(at)
-                found[t] = (judges[i].keep(k), judges[i](k))
+            best = None   # (k, judge): each ranking searched only below the best so far
+            for j in judges:
+                k = j.smallest(t, masks.kept, None if best is None else best[0])
+                if k is not None:
+                    best = (k, j)
+            if best:
+                found[t] = (best[1].keep(best[0]), best[1](best[0]))
     return TrialResult(cfg, masks.curve, masks.still_falling, found,
                        [sorted((k, p.loss) for k, p in j.probes.items()) for j in judges],
                        time.perf_counter() - t0)
