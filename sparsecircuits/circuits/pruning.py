@@ -314,20 +314,17 @@ class Judge:
     def passes(self, k: int, target: float) -> bool:
         return self(k).passes(target, self(0).loss_uncalibrated)
 
-    def smallest(self, target: float, start: int = 1, below: int | None = None) -> int | None:
-        """The smallest k (below `below`, if given) whose top-k set passes, or None.
+    def smallest(self, target: float, start: int = 1) -> int | None:
+        """The smallest k whose top-k set passes, or None.
 
         Probes `start` (the trained set's size) first: if it passes, bisects below it; if not,
         doubles from it up to the first passing size, then bisects between. The full set may
         fail where a subset passes (a control task the model never learnt), so a failing full
         model does not end the search. Past `COLLAPSED` of all nodes (a collapsed trial, which
         wins only when every trial collapses) the bisection stops within 1% of all nodes."""
-        total = self.layout.total
-        hi = total if below is None else min(total, below - 1)
+        hi = total = self.layout.total
         if self.passes(0, target):
             return 0
-        if hi < 1:
-            return None
         lo = k = min(max(start, 1), hi)
         if not self.passes(k, target):
             while True:

@@ -103,13 +103,13 @@ def run_trial(model, split: TaskSplit, values, cfg: PruneConfig, targets, bound:
                       for order in masks.orders()]
         found = {}
         for t in sorted(targets, reverse=True):
-            best = None   # (k, judge): each ranking searched only below the best so far
+            at = []   # the fewest edges wins, as over trials (not the fewest nodes)
             for j in judges:
-                k = j.smallest(t, masks.kept, None if best is None else best[0])
-                if k is not None:
-                    best = (k, j)
-            if best:
-                found[t] = (best[1].keep(best[0]), best[1](best[0]))
+                if (k := j.smallest(t, masks.kept)) is not None:
+                    keep = j.keep(k)
+                    at.append((count_edges(model, layout.to_sets(keep)), j(k).loss, keep, j(k)))
+            if at:
+                found[t] = min(at, key=lambda a: a[:2])[2:]
     return TrialResult(cfg, masks.curve, masks.still_falling, found,
                        [sorted((k, p.loss) for k, p in j.probes.items()) for j in judges],
                        time.perf_counter() - t0)
