@@ -174,7 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .circuits.ablation import ABLATIONS
     from .circuits.pruning import PruneConfig
     from .circuits.search import DEFAULT_BUDGET
-    from .demo import DEMO_BUDGET
     from .study.compare import DEFAULT_TARGETS
     from .tasks.metrics import TARGET_LOSS
     p = argparse.ArgumentParser(prog="sparsecircuits", description=(
@@ -322,9 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="sparsecircuits-demo", metavar="DIR")
     d.add_argument("--jobs", type=int, default=None,
                    help="circuits worked on at once, one process each (default: one per core)")
-    d.add_argument("--budget", type=int, default=DEMO_BUDGET,
-                   help=f"trials of the circuit search per circuit (prune's default: "
-                        f"{DEFAULT_BUDGET})")
+    d.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+                   help="trials of the circuit search per circuit (as for prune)")
     d.add_argument("--ablation", default="mean", choices=ABLATIONS,
                    help="what a pruned node is held at (mean: over pretraining tokens; "
                         "resample: its value on another prompt of the task)")

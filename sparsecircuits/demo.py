@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import atomic_write_text, output_dir
+from .circuits.search import DEFAULT_BUDGET
 from .doc import Doc
 from .errors import UserError
 from .parallel import default_jobs, run_jobs
@@ -26,7 +27,6 @@ ABLATION_WORDS = {"mean": "their mean over pretraining tokens (the paper's choic
                   "zero": "zero", "task-mean": "their mean over the task's prompts",
                   "resample": "their values on another prompt of the task (resample ablation)"}
 DEMO_TARGETS = (0.5, 0.3, TARGET_LOSS, 0.05)
-DEMO_BUDGET = 4   # the first half of prune's trial grid: minutes, not tens of minutes
 TARGET = TARGET_LOSS   # a model does a task at this loss or below; the circuit at it is the one
                        # shown, validated and reported
 
@@ -57,7 +57,7 @@ class Progress:
 
 
 def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, tasks=None,
-         targets=DEMO_TARGETS, jobs: int | None = None, budget: int = DEMO_BUDGET,
+         targets=DEMO_TARGETS, jobs: int | None = None, budget: int = DEFAULT_BUDGET,
          ablation: str = "mean", log=print) -> Path:
     """Run the demo into `out`. `jobs` (default: one per core, each on its own thread) is how
     many (task, model) circuits are worked on at once, in separate processes; `budget` is the
