@@ -909,6 +909,31 @@ def test_a_trial_keeps_the_smaller_circuit_of_its_two_rankings(planted_setup, mo
     assert len(r.probes) == 2
 
 
+def test_a_trial_keeps_the_ranking_with_fewer_edges_not_fewer_nodes(planted_setup, monkeypatch):
+    """Of its two rankings' circuits a trial keeps the one the search would: fewer edges. With
+    an edge count that falls as nodes grow, the larger circuit of the gain ranking wins."""
+    import importlib
+    from sparsecircuits.circuits.pruning import MaskTraining
+    search_mod = importlib.import_module("sparsecircuits.circuits.search")
+    model, corpus, task, stats = planted_setup
+    layout = NodeLayout(model)
+    planted = layout.from_sets(PLANTED)
+    mean = torch.where(planted, 0.5, -0.5)
+    gain = torch.rand(layout.total, generator=torch.Generator().manual_seed(0)) - 0.5
+    gain[planted] = 0.0
+    off = MaskTraining(torch.full((layout.total,), -1.0), [(1, 0.7, 0)], mean)
+    monkeypatch.setattr(search_mod, "train_masks", lambda *a, **k: off)
+    monkeypatch.setattr(search_mod, "switch_gain", lambda *a, **k: gain)
+    monkeypatch.setattr(search_mod, "count_edges",
+                        lambda m, sets: 10_000 - sum(len(v) for v in sets.values()))
+    cfg = PruneConfig(train_pairs=64, val_pairs=32)
+    split = TaskSplit(model, corpus.tokenizer, task, cfg)
+    bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
+    r = search_mod.run_trial(model, split, stats.means, cfg, (0.15,), bound)
+    keep, _ = r.found[0.15]
+    assert int(keep.sum()) > 3 and r.edges[0.15] == 10_000 - int(keep.sum())
+
+
 def test_a_trial_whose_trained_set_passes_ranks_no_tail(planted_setup, monkeypatch):
     """Both rankings agree up to the trained set: when it passes, the gain is never computed
     and the bisection probes only below it."""

@@ -77,6 +77,7 @@ class TrialResult:
     curve: list[tuple[int, float, int]]    # (step, task loss, nodes on) during mask training
     still_falling: bool
     found: dict[float, tuple]              # target -> (keep, Probe)
+    edges: dict[float, int]                # target -> edges of the circuit found
     probes: list[list[tuple[int, float]]]  # per ranking, (k, calibrated val loss) per probe
     seconds: float
 
@@ -101,7 +102,7 @@ def run_trial(model, split: TaskSplit, values, cfg: PruneConfig, targets, bound:
                                      cfg, layout)
             judges = [Judge(model, split.val, judged, order, cfg, layout, bound, seen)
                       for order in masks.orders()]
-        found = {}
+        found, edges = {}, {}
         for t in sorted(targets, reverse=True):
             at = []   # the fewest edges wins, as over trials (not the fewest nodes)
             for j in judges:
@@ -109,8 +110,9 @@ def run_trial(model, split: TaskSplit, values, cfg: PruneConfig, targets, bound:
                     keep = j.keep(k)
                     at.append((count_edges(model, layout.to_sets(keep)), j(k).loss, keep, j(k)))
             if at:
-                found[t] = min(at, key=lambda a: a[:2])[2:]
-    return TrialResult(cfg, masks.curve, masks.still_falling, found,
+                n, _, keep, probe = min(at, key=lambda a: a[:2])
+                found[t], edges[t] = (keep, probe), n
+    return TrialResult(cfg, masks.curve, masks.still_falling, found, edges,
                        [sorted((k, p.loss) for k, p in j.probes.items()) for j in judges],
                        time.perf_counter() - t0)
 
@@ -204,9 +206,7 @@ def search(model, tok, task: Task | str, targets=(TARGET_LOSS,), cfg: PruneConfi
                                                      None, threads) for t in trials]))
 
     from ..checkpoint import versions
-    edges = [{t: count_edges(model, layout.to_sets(keep)) for t, (keep, _) in r.found.items()}
-             for r in runs]
-    rows = [trial_row(r, e, layout.total, targets) for r, e in zip(runs, edges)]
+    rows = [trial_row(r, layout.total, targets) for r in runs]
     if log:
         for i, row in enumerate(rows):
             if row["status"] != "ok":
@@ -218,7 +218,7 @@ def search(model, tok, task: Task | str, targets=(TARGET_LOSS,), cfg: PruneConfi
         if not at:
             circuits[t] = None
             continue
-        best = min(at, key=lambda i: (edges[i][t], runs[i].found[t][1].loss))
+        best = min(at, key=lambda i: (runs[i].edges[t], runs[i].found[t][1].loss))
         keep, probe = runs[best].found[t]
         prov = dict(provenance or {})
         prov.update(model_hash=model_hash(model),
@@ -263,10 +263,10 @@ def test_losses(circuit: Circuit, model, tok, stats: PretrainingStats | None = N
                 test_loss_uncalibrated=round(float(losses(d, data.sign).mean()), 4))
 
 
-def trial_row(r: TrialResult, edges: dict, total: int, targets) -> dict:
+def trial_row(r: TrialResult, total: int, targets) -> dict:
     """One trial of a search as a plain record: its settings, what it found at each target,
     and whether it collapsed (kept a large share of the model) or never reached a target."""
-    at = {str(t): (dict(nodes=int(r.found[t][0].sum()), edges=edges[t],
+    at = {str(t): (dict(nodes=int(r.found[t][0].sum()), edges=r.edges[t],
                         loss=round(r.found[t][1].loss, 4),
                         loss_uncalibrated=round(r.found[t][1].loss_uncalibrated, 4))
                    if t in r.found else None) for t in targets}
