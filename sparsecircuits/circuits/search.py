@@ -41,7 +41,8 @@ def search_trials(cfg: PruneConfig, budget: int) -> list[PruneConfig]:
     out = []
     for i in range(budget):
         k, lr = TRIALS[i % len(TRIALS)]
-        out.append(replace(cfg, k_coef=cfg.k_coef * k, lr=cfg.lr * lr,
+        out.append(replace(cfg, k_coef=float(f"{cfg.k_coef * k:.6g}"),
+                           lr=float(f"{cfg.lr * lr:.6g}"),
                            seed=cfg.seed + i // len(TRIALS)))
     return out
 
