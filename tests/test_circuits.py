@@ -885,25 +885,39 @@ def test_switched_off_nodes_rank_by_what_their_return_would_gain():
     assert len(MaskTraining(final, [], mean).orders()) == 1
 
 
-def test_a_trial_keeps_the_smaller_circuit_of_its_two_rankings(planted_setup, monkeypatch):
-    """Masks that switched the whole planted path off: the gain (zero for each node of a path
-    in series) ranks noise first, mean tau ranks the path first; the trial keeps the 3."""
+def _trial(planted_setup, monkeypatch, masks, gain, **patches):
+    """One search trial on the planted model, its mask training replaced by `masks` and its
+    gain by `gain` (a tensor, or a function that stands in for `switch_gain`)."""
     import importlib
-    from sparsecircuits.circuits.pruning import MaskTraining
     search_mod = importlib.import_module("sparsecircuits.circuits.search")
     model, corpus, task, stats = planted_setup
+    monkeypatch.setattr(search_mod, "train_masks", lambda *a, **k: masks)
+    monkeypatch.setattr(search_mod, "switch_gain", gain if callable(gain) else lambda *a, **k: gain)
+    for name, value in patches.items():
+        monkeypatch.setattr(search_mod, name, value)
+    cfg = PruneConfig(train_pairs=64, val_pairs=32)
+    split = TaskSplit(model, corpus.tokenizer, task, cfg)
+    bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
+    return search_mod.run_trial(model, split, stats.means, cfg, (0.15,), bound)
+
+
+def _path_switched_off(model):
+    """Masks that switched the whole planted path off, mean tau ranking it first, and a gain
+    that is zero on the path (each node of a path in series gains nothing alone) and noise
+    elsewhere."""
+    from sparsecircuits.circuits.pruning import MaskTraining
     layout = NodeLayout(model)
     planted = layout.from_sets(PLANTED)
     mean = torch.where(planted, 0.5, -0.5)
     gain = torch.rand(layout.total, generator=torch.Generator().manual_seed(0)) - 0.5
     gain[planted] = 0.0
-    off = MaskTraining(torch.full((layout.total,), -1.0), [(1, 0.7, 0)], mean)
-    monkeypatch.setattr(search_mod, "train_masks", lambda *a, **k: off)
-    monkeypatch.setattr(search_mod, "switch_gain", lambda *a, **k: gain)
-    cfg = PruneConfig(train_pairs=64, val_pairs=32)
-    split = TaskSplit(model, corpus.tokenizer, task, cfg)
-    bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
-    r = search_mod.run_trial(model, split, stats.means, cfg, (0.15,), bound)
+    return planted, MaskTraining(torch.full((layout.total,), -1.0), [(1, 0.7, 0)], mean), gain
+
+
+def test_a_trial_keeps_the_smaller_circuit_of_its_two_rankings(planted_setup, monkeypatch):
+    """The gain ranks noise first, mean tau ranks the path first; the trial keeps the 3."""
+    planted, off, gain = _path_switched_off(planted_setup[0])
+    r = _trial(planted_setup, monkeypatch, off, gain)
     keep, _ = r.found[0.15]
     assert keep.tolist() == planted.tolist()
     assert len(r.probes) == 2
@@ -912,24 +926,9 @@ def test_a_trial_keeps_the_smaller_circuit_of_its_two_rankings(planted_setup, mo
 def test_a_trial_keeps_the_ranking_with_fewer_edges_not_fewer_nodes(planted_setup, monkeypatch):
     """Of its two rankings' circuits a trial keeps the one the search would: fewer edges. With
     an edge count that falls as nodes grow, the larger circuit of the gain ranking wins."""
-    import importlib
-    from sparsecircuits.circuits.pruning import MaskTraining
-    search_mod = importlib.import_module("sparsecircuits.circuits.search")
-    model, corpus, task, stats = planted_setup
-    layout = NodeLayout(model)
-    planted = layout.from_sets(PLANTED)
-    mean = torch.where(planted, 0.5, -0.5)
-    gain = torch.rand(layout.total, generator=torch.Generator().manual_seed(0)) - 0.5
-    gain[planted] = 0.0
-    off = MaskTraining(torch.full((layout.total,), -1.0), [(1, 0.7, 0)], mean)
-    monkeypatch.setattr(search_mod, "train_masks", lambda *a, **k: off)
-    monkeypatch.setattr(search_mod, "switch_gain", lambda *a, **k: gain)
-    monkeypatch.setattr(search_mod, "count_edges",
-                        lambda m, sets: 10_000 - sum(len(v) for v in sets.values()))
-    cfg = PruneConfig(train_pairs=64, val_pairs=32)
-    split = TaskSplit(model, corpus.tokenizer, task, cfg)
-    bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
-    r = search_mod.run_trial(model, split, stats.means, cfg, (0.15,), bound)
+    _, off, gain = _path_switched_off(planted_setup[0])
+    r = _trial(planted_setup, monkeypatch, off, gain,
+               count_edges=lambda m, sets: 10_000 - sum(len(v) for v in sets.values()))
     keep, _ = r.found[0.15]
     assert int(keep.sum()) > 3 and r.edges[0.15] == 10_000 - int(keep.sum())
 
@@ -937,26 +936,17 @@ def test_a_trial_keeps_the_ranking_with_fewer_edges_not_fewer_nodes(planted_setu
 def test_a_trial_whose_trained_set_passes_ranks_no_tail(planted_setup, monkeypatch):
     """Both rankings agree up to the trained set: when it passes, the gain is never computed
     and the bisection probes only below it."""
-    import importlib
     from sparsecircuits.circuits.pruning import MaskTraining
-    search_mod = importlib.import_module("sparsecircuits.circuits.search")
-    model, corpus, task, stats = planted_setup
-    layout = NodeLayout(model)
+    layout = NodeLayout(planted_setup[0])
     planted = layout.from_sets(PLANTED)
     extra = torch.zeros(layout.total, dtype=torch.bool)
     extra[(~planted).nonzero().flatten()[:5]] = True    # 5 unneeded nodes kept beside the path
     scores = torch.where(planted, 1.0, torch.where(extra, 0.5, -1.0))
-    on = MaskTraining(scores, [(1, 0.1, 8)], scores)
-    monkeypatch.setattr(search_mod, "train_masks", lambda *a, **k: on)
 
     def no_gain(*a, **k):
         raise AssertionError("the gain was computed for a trained set that passes")
 
-    monkeypatch.setattr(search_mod, "switch_gain", no_gain)
-    cfg = PruneConfig(train_pairs=64, val_pairs=32)
-    split = TaskSplit(model, corpus.tokenizer, task, cfg)
-    bound = scale_bound(logit_diffs(model, split.val), split.val.sign)
-    r = search_mod.run_trial(model, split, stats.means, cfg, (0.15,), bound)
+    r = _trial(planted_setup, monkeypatch, MaskTraining(scores, [(1, 0.1, 8)], scores), no_gain)
     keep, _ = r.found[0.15]
     assert keep.tolist() == planted.tolist()
     (probes,) = r.probes
