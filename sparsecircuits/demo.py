@@ -169,7 +169,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
         log(f"  {n:<24} sparse: {_size(s):<34} dense: {_size(dn)}")
     for r in rows:
         if r["ratio"]:
-            log(f"  at loss {r['target']}: dense circuits have {r['ratio']:.1f}x the edges of "
+            log(f"  at loss {r['target']}: dense circuits have {r['ratio']:g}x the edges of "
                 f"sparse ones (geometric mean over {len(r['tasks'])} tasks; the paper: ~16x at "
                 f"{TARGET})")
     log(f"\ndone in {progress.elapsed():.0f}s; open {out / 'index.html'}")
