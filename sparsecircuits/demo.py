@@ -144,7 +144,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
         if c is not None:
             found[(n, m)], validations[(n, m)] = c, v
         what = (f"{c.num_nodes} nodes, {c.num_edges} edges at {c.target_loss:g}; sufficiency "
-                f"{v.sufficiency['loss']:.3f}, necessity {v.necessity['loss']:.3f}"
+                f"{v.sufficiency['loss']:.3f}, necessity {v.necessity['loss_calibrated']:.3f}"
                 if c is not None else f"no circuit at {TARGET}")
         progress.step(f"{n}, {m} model: {what} ({r['seconds']:.0f}s)")
     per_task = {n: {m: per_task[n][m] for m in models} for n in both}  # finishing order aside
@@ -256,12 +256,13 @@ def summary_doc(result, both, found, validations, given_away=None) -> Doc:
             c, v = found.get((n, m)), validations.get((n, m))
             rows.append([n, m, c.target_loss if c else "-", c.num_nodes if c else "-",
                          c.num_edges if c else "-",
-                         v.sufficiency["loss"] if v else "-", v.necessity["loss"] if v else "-",
+                         v.sufficiency["loss"] if v else "-",
+                         v.necessity["loss_calibrated"] if v else "-",
                          ("convincing" if v.convincing else "not convincing") if v else "-"])
     doc.h(2, "Circuits")
     doc.p(f"Each model's circuit at loss {TARGET}.")
-    doc.table(["task", "model", "target", "nodes", "edges", "sufficiency (test)", "necessity",
-               "checks"], rows)
+    doc.table(["task", "model", "target", "nodes", "edges", "sufficiency (test)",
+               "necessity (test)", "checks"], rows)
     doc.p("Checks run without the controls here (they take minutes per circuit); run "
           "`sparsecircuits validate DIR/TASK/sparse.json` for the full battery.")
     doc.h(2, "Why each circuit is or is not convincing")

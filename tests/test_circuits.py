@@ -699,10 +699,11 @@ def fake_validation(**change):
     from sparsecircuits.circuits.validate import Validation
     fields = dict(
         task="t", circuit=dict(nodes=10, edges=12), test_pairs=128,
-        full_model=dict(loss=0.05, accuracy=1.0), empty=dict(loss=0.7, accuracy=0.5,
-                                                             loss_calibrated=0.69),
+        full_model=dict(loss=0.05, accuracy=1.0, loss_calibrated=0.04),
+        empty=dict(loss=0.7, accuracy=0.5, loss_calibrated=0.69),
         sufficiency=dict(loss=0.1, loss_uncalibrated=0.12, accuracy=0.98, scale=1.0),
-        necessity=dict(loss=0.7, accuracy=0.5), faithfulness=0.9, completeness=0.0,
+        necessity=dict(loss=0.7, accuracy=0.5, loss_calibrated=0.69), faithfulness=0.9,
+        completeness=0.0,
         random=dict(draws=20, losses=[0.69] * 20, median=0.69, min=0.6, beaten_by=0,
                     edges=[12] * 20, nodes=[10] * 20),
         attribution=dict(nodes=10, edges=3, overlap=4, loss=0.5, loss_uncalibrated=0.6,
@@ -717,7 +718,7 @@ def fake_validation(**change):
 @pytest.mark.parametrize("change,check", [
     (dict(faithfulness=0.7), "faithfulness"),
     (dict(completeness=-1.06), "completeness"),
-    (dict(necessity=dict(loss=0.2, accuracy=0.9)), "necessity"),
+    (dict(necessity=dict(loss=0.2, accuracy=0.9, loss_calibrated=0.2)), "necessity"),
 ])
 def test_verdicts_judge_faithfulness_and_completeness(change, check):
     from sparsecircuits.circuits.validate import _verdicts
@@ -732,6 +733,24 @@ def test_verdicts_judge_faithfulness_and_completeness(change, check):
     assert f"fails 1 check: {check} (" in v.summary
     assert v.format().startswith(v.summary[:60])
     assert v._repr_html_().index(v.summary[:40]) < v._repr_html_().index("<table>")
+
+
+def test_necessity_reads_what_is_left_not_how_biased_it_is():
+    """Measured on the shipped sparse var_if circuit: ablating it leaves the model at chance
+    (accuracy 50%) with an uncalibrated loss of 1.09, and the empty circuit, biased to one
+    answer, scores 2.78. Uncalibrated, the rest looked like another route (1.09 is less than
+    half-way from the full model's 0.09 to 2.78); read at its best scale it is at chance."""
+    from sparsecircuits.circuits.validate import _verdicts
+    v = fake_validation(full_model=dict(loss=0.088, accuracy=0.99, loss_calibrated=0.08),
+                        empty=dict(loss=2.785, accuracy=0.5, loss_calibrated=0.693),
+                        necessity=dict(loss=1.094, accuracy=0.5, loss_calibrated=0.69))
+    v.verdicts, v.convincing, v.summary = _verdicts(v, 0.15)
+    assert judged(v, "necessity").startswith("PASS") and v.convincing
+    # a rest that still separates the answers, however it is biased, is another route
+    v = fake_validation(empty=dict(loss=2.785, accuracy=0.5, loss_calibrated=0.693),
+                        necessity=dict(loss=1.094, accuracy=0.85, loss_calibrated=0.3))
+    v.verdicts, v.convincing, v.summary = _verdicts(v, 0.15)
+    assert judged(v, "necessity").startswith("FAIL") and "0.300" in judged(v, "necessity")
 
 
 def test_empty_circuit_loss_is_the_bisections_judgement_of_no_node(planted_setup):

@@ -45,7 +45,7 @@ def test_report_writes_every_figure_and_the_viewer(planted_circuit, capsys, tmp_
     v = json.loads((tmp_path / "rep" / "validation.json").read_text())
     assert v["sufficiency"]["loss"] <= 0.15
     # the figures in the report are the validation's own
-    assert f"{v['necessity']['loss']:.4g}" in md
+    assert f"{v['necessity']['loss_calibrated']:.4g}" in md
     assert (tmp_path / "rep" / "viewer.html").is_file()
 
     # re-using a validation file skips validating; a bad one is a one-line error

@@ -14,9 +14,11 @@ MEANINGS = {
     "sufficiency": "the circuit alone, every other node ablated, after calibration; at most the "
                    "target means the circuit carries the behaviour",
     "sufficiency before calibration": "the same without the fitted temperature",
-    "necessity": "the full model with only the circuit ablated; it must rise by more than half "
-                 "the gap between the full model and the empty circuit, else the model has "
-                 "another route",
+    "necessity": "the full model with only the circuit ablated, read at its best calibration "
+                 "scale (bounded like the circuit's); it must rise by more than half the gap "
+                 "between the full model and the empty circuit, both calibrated the same way, "
+                 "else the model has another route",
+    "necessity before calibration": "the same without the fitted temperature",
     "empty circuit": "every node ablated: the floor every other figure is judged against",
     "empty circuit, calibrated": "the same with a fitted temperature (bounded like the circuit's); "
                                  "at most the target "
@@ -143,7 +145,8 @@ def build_report(circuit: Circuit, validation: dict, data: dict, run_info: dict,
         ["full model", v["full_model"]["loss"], v["full_model"]["accuracy"]],
         ["sufficiency", s["loss"], s["accuracy"]],
         ["sufficiency before calibration", s["loss_uncalibrated"], None],
-        ["necessity", v["necessity"]["loss"], v["necessity"]["accuracy"]],
+        ["necessity", v["necessity"].get("loss_calibrated"), v["necessity"]["accuracy"]],
+        ["necessity before calibration", v["necessity"]["loss"], None],
         ["empty circuit", v["empty"]["loss"], v["empty"]["accuracy"]],
         ["empty circuit, calibrated", v["empty"].get("loss_calibrated"), None],
         ["random circuits (median)", v["random"]["median"], None],
