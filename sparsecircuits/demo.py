@@ -268,6 +268,15 @@ def summary_doc(result, both, found, validations, given_away=None) -> Doc:
     doc.h(2, "Why each circuit is or is not convincing")
     doc.ul([f"{n}, {m} model: {validations[(n, m)].summary}" for n in both
             for m in ("sparse", "dense") if (n, m) in validations])
+    broken = [f"{n} ({m})" for (n, m), v in validations.items()
+              if any(line.startswith("FAIL resampling") for line in v.verdicts)]
+    if broken and result.get("ablation", "mean") != "resample":
+        doc.p(f"Resampling breaks {len(broken)} of {len(validations)} circuits here ("
+              f"{', '.join(broken)}): pruned with the other nodes held at one value, a circuit "
+              "may lean on them staying there. `sparsecircuits demo --ablation resample` (or "
+              "`prune --ablation resample`) prunes with the other nodes taking their values on "
+              "other prompts of the task, so that a circuit must carry the answer whatever the "
+              "rest of the model says (docs/RESULTS.md, \"Resample ablation\").")
     doc.h(2, "Circuit size against task loss")
     doc.table(["target", "tasks", "sparse edges", "dense edges", "dense / sparse"],
               [[r["target"], len(r["tasks"]), r["sparse_edges"], r["dense_edges"], r["ratio"]]

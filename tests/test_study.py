@@ -140,3 +140,24 @@ def test_demo_prunes_with_the_ablation_it_is_given(planted_run, tmp_path):  # no
     with pytest.raises(UserError, match="unknown ablation"):
         demo(tmp_path / "bad", runs=(run, run), tasks=[str(task)], ablation="median")
     assert not (tmp_path / "bad").exists()   # refused before anything is written
+
+
+def test_demo_summary_points_to_resample_ablation_when_resampling_breaks_a_circuit():
+    from .test_circuits import fake_validation
+    from sparsecircuits.circuits.validate import _verdicts
+    from sparsecircuits.demo import summary_doc
+    result = dict(sparse=dict(weight_density=0.0625, afrac=0.25), dense=dict(weight_density=1.0,
+                  afrac=1.0), summary=[], ablation="mean")
+    broken = fake_validation(resample=dict(draws=20, losses=[1.0] * 20, mean=1.0, max=1.2))
+    broken.verdicts, broken.convincing, broken.summary = _verdicts(broken, 0.15)
+    held = fake_validation()
+    held.verdicts, held.convincing, held.summary = _verdicts(held, 0.15)
+
+    def text(validations, ablation="mean"):
+        return summary_doc({**result, "ablation": ablation}, ["t"], {}, validations).markdown()
+
+    assert "Resampling breaks 1 of 2 circuits here (t (sparse))" in text(
+        {("t", "sparse"): broken, ("t", "dense"): held})
+    assert "--ablation resample" in text({("t", "sparse"): broken})
+    assert "Resampling breaks" not in text({("t", "sparse"): held})
+    assert "Resampling breaks" not in text({("t", "sparse"): broken}, ablation="resample")
