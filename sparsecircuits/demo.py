@@ -276,7 +276,8 @@ def summary_doc(result, both, found, validations, given_away=None) -> Doc:
               "may lean on them staying there. `sparsecircuits demo --ablation resample` (or "
               "`prune --ablation resample`) prunes with the other nodes taking their values on "
               "other prompts of the task, so that a circuit must carry the answer whatever the "
-              "rest of the model says (docs/RESULTS.md, \"Resample ablation\").")
+              "rest of the model says (docs/RESULTS.md, \"Resample ablation with the default "
+              "search\").")
     doc.h(2, "Circuit size against task loss")
     doc.table(["target", "tasks", "sparse edges", "dense edges", "dense / sparse"],
               [[r["target"], len(r["tasks"]), r["sparse_edges"], r["dense_edges"], r["ratio"]]
