@@ -268,8 +268,7 @@ def summary_doc(result, both, found, validations, given_away=None) -> Doc:
     doc.h(2, "Why each circuit is or is not convincing")
     doc.ul([f"{n}, {m} model: {validations[(n, m)].summary}" for n in both
             for m in ("sparse", "dense") if (n, m) in validations])
-    broken = [f"{n} ({m})" for (n, m), v in validations.items()
-              if any(line.startswith("FAIL resampling") for line in v.verdicts)]
+    broken = [f"{n} ({m})" for (n, m), v in validations.items() if "resampling" in v.failed()]
     if broken and result.get("ablation", "mean") != "resample":
         doc.p(f"Resampling breaks {len(broken)} of {len(validations)} circuits here ("
               f"{', '.join(broken)}): pruned with the other nodes held at one value, a circuit "

@@ -90,6 +90,12 @@ class Validation:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def failed(self) -> list[str]:
+        """The names of the checks that failed, read off the verdict lines `_Judge` writes
+        ("FAIL name: why", "UNCONVINCING name: why")."""
+        return [line.split(":", 1)[0].split(" ", 1)[1] for line in self.verdicts
+                if line.startswith(("FAIL ", "UNCONVINCING "))]
+
     def _rows(self) -> list[tuple[str, float | None, float | None, str]]:
         """(measure, loss or value, accuracy, note) for the table of `format` and the HTML."""
         s, n, e, r = self.sufficiency, self.necessity, self.empty, self.random
