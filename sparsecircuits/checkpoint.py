@@ -180,6 +180,11 @@ def load_weights(run_dir: Path, model: GPT) -> dict:
         if v.shape != own[k].shape:
             raise UserError(f"{path}: {k} has shape {tuple(v.shape)} but config.json implies "
                             f"{tuple(own[k].shape)}; the files come from different runs.")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise UserError(f"{path}: {k} has {bad} non-finite value(s) (NaN or inf), so the run "
+                            "diverged or the file is damaged; retrain it (with a lower "
+                            "train.lr if it diverged) or restore the file.")
     model.load_state_dict(tensors)
     return meta
 

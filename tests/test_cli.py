@@ -86,6 +86,17 @@ def test_corrupt_checkpoint(cli_run, capsys, tmp_path):
     assert_one_line_error(*run_cli(capsys, "eval", str(bad))[::2], "corrupt or truncated")
 
 
+def test_checkpoint_with_non_finite_weights_is_refused(cli_run, capsys, tmp_path):
+    from safetensors.torch import load_file, save_file
+    bad = tmp_path / "nan"
+    shutil.copytree(cli_run, bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    name = sorted(k for k, v in tensors.items() if v.is_floating_point())[-1]
+    tensors[name].view(-1)[3] = float("nan")
+    save_file(tensors, str(bad / "model.safetensors"))
+    assert_one_line_error(*run_cli(capsys, "eval", str(bad))[::2], name, "non-finite")
+
+
 def test_empty_corpus(capsys, tmp_path):
     (tmp_path / "src").mkdir()
     assert_one_line_error(*run_cli(capsys, "corpus", "build", "--source", str(tmp_path / "src"),
