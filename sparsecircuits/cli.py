@@ -150,7 +150,8 @@ def cmd_trace(a):
 def cmd_compare(a):
     from .study import compare, format_summary
     result = compare(a.sparse_run, a.dense_run, tasks=a.tasks, targets=a.targets, out=a.out,
-                     budget=a.budget, steps=a.steps, jobs=a.jobs, log=_log_now)
+                     budget=a.budget, steps=a.steps, ablation=a.ablation,
+                     freeze_norm=a.freeze_norm, jobs=a.jobs, log=_log_now)
     print()
     print(format_summary(result))
     print(f"\nwrote {a.out}/compare.json, frontier.png and frontier.svg")
@@ -303,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pruning runs per task and model (the same search as prune)")
     cp.add_argument("--steps", type=int, default=PruneConfig.steps,
                     help="mask-training steps per run")
+    cp.add_argument("--ablation", default="mean", choices=ABLATIONS,
+                    help="what a pruned node is held at, in both models (as for prune)")
+    cp.add_argument("--freeze-norm", action="store_true",
+                    help="replay the full pass's RMSNorm scales in pruned passes (as for prune)")
     cp.add_argument("--jobs", type=int, default=None,
                     help="(task, model) searches run at once, one process each (default: one "
                          "per core)")

@@ -67,7 +67,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     from .circuits.ablation import PretrainingStats
     from .circuits.pruning import PruneConfig, TaskSplit, empty_circuit_loss, resolve_values
     from .circuits.search import task_reference
-    from .study.compare import _model_info, plot_frontier, summarize
+    from .study.compare import _model_info, headline, plot_frontier, summarize
     from .tasks import PAPER_TASKS, get_task
 
     if jobs is not None and jobs < 1:
@@ -160,18 +160,15 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
                   seconds=round(progress.elapsed(), 1))
     atomic_write_text(out / "compare.json", json.dumps(result, indent=1))
     plot_frontier(result, out / "frontier")
-    doc = summary_doc(result, both, found, validations, given_away)
+    doc = summary_doc(result, both, found, validations, given_away, plot=out / "frontier.png")
     atomic_write_text(out / "summary.md", doc.markdown())
     atomic_write_text(out / "index.html", doc.html("sparsecircuits demo"))
     log("")
     for n in both:
         s, dn = found.get((n, "sparse")), found.get((n, "dense"))
         log(f"  {n:<24} sparse: {_size(s):<34} dense: {_size(dn)}")
-    for r in rows:
-        if r["ratio"]:
-            log(f"  at loss {r['target']}: dense circuits have {r['ratio']:g}x the edges of "
-                f"sparse ones (geometric mean over {len(r['tasks'])} tasks; the paper: ~16x at "
-                f"{TARGET})")
+    if (h := headline(result, TARGET)):
+        log(f"  {h}; the paper: ~16x in edges at {TARGET}")
     log(f"\ndone in {progress.elapsed():.0f}s; open {out / 'index.html'}")
     return out
 
@@ -236,9 +233,18 @@ def _size(c) -> str:
     return f"{c.num_nodes} nodes, {c.num_edges} edges at {c.target_loss:g}"
 
 
-def summary_doc(result, both, found, validations, given_away=None) -> Doc:
+def summary_doc(result, both, found, validations, given_away=None, plot=None) -> Doc:
+    from .study.compare import headline, with_interval
     doc = Doc().h(1, "sparsecircuits demo: circuits in a sparse and a dense model")
     s, d = result["sparse"], result["dense"]
+    convincing = [f"{n} ({m})" for (n, m), v in validations.items() if v.convincing]
+    h = headline(result, TARGET)
+    doc.p("What was found: " + (h[0].upper() + h[1:] + "; the paper reports about 16x in edges. "
+                                if h else f"no task was counted at loss {TARGET}. ")
+          + (f"The validation battery calls {len(convincing)} of {len(validations)} circuits "
+             f"convincing: {', '.join(convincing)}." if convincing else
+             f"The validation battery calls none of the {len(validations)} circuits convincing; "
+             "the reasons are below."))
     doc.p(f"Sparse model: val loss {s.get('val_loss', float('nan')):.3f}, weight density "
           f"{s['weight_density']:g}, activation keep fraction {s['afrac']:g}. Dense baseline: val "
           f"loss {d.get('val_loss', float('nan')):.3f}. Tasks both do at loss {TARGET} or below, "
@@ -278,15 +284,22 @@ def summary_doc(result, both, found, validations, given_away=None) -> Doc:
               "rest of the model says (docs/RESULTS.md, \"Resample ablation with the default "
               "search\").")
     doc.h(2, "Circuit size against task loss")
-    doc.table(["target", "tasks", "sparse edges", "dense edges", "dense / sparse"],
-              [[r["target"], len(r["tasks"]), r["sparse_edges"], r["dense_edges"], r["ratio"]]
+    if plot is not None:
+        doc.image("Left: circuit edges against task loss for both models. Right: dense / sparse "
+                  "ratios in edges and nodes with their 95% intervals.", plot)
+    doc.table(["target", "tasks", "sparse edges", "dense edges", "edges dense / sparse [95%]",
+               "sparse nodes", "dense nodes", "nodes dense / sparse [95%]"],
+              [[r["target"], len(r["tasks"]), r["sparse_edges"], r["dense_edges"],
+                with_interval(r["ratio"], r["ratio_interval"]), r["sparse_nodes"],
+                r["dense_nodes"], with_interval(r["node_ratio"], r["node_ratio_interval"])]
                for r in result["summary"]])
-    doc.p("Edges are geometric means over the tasks both models reach at that target. A task "
-          "whose circuit has no edge in one model (its last token gives the answer away) has no "
-          "logarithm and is left out: "
+    doc.p("Sizes are geometric means over the tasks both models reach at that target; the "
+          "interval is a bootstrap over tasks (drawn with replacement), so with few tasks it is "
+          "wide. A task whose circuit has no edge in one model (its last token gives the answer "
+          "away) has no logarithm and is left out: "
           + ("; ".join(f"{r['target']}: {', '.join(r['zero_edge_tasks'])}"
                        for r in result["summary"] if r.get("zero_edge_tasks")) or "none")
-          + ". The plot is frontier.png / frontier.svg.")
+          + ". The plot is also in frontier.png / frontier.svg.")
     doc.h(2, "Open next")
     doc.ul([f"{folder(n)}/viewer.html: the sparse circuit, clickable; {folder(n)}/report.html: "
             "its audit report" for n in both if (n, "sparse") in found])

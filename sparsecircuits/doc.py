@@ -32,6 +32,16 @@ class Doc:
         self.blocks.append(("code", text))
         return self
 
+    def image(self, alt: str, path) -> Doc:
+        """A PNG file: linked by its name beside the Markdown, embedded in the HTML so the page
+        stays one self-contained file."""
+        import base64
+        from pathlib import Path
+        path = Path(path)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        self.blocks.append(("image", alt, path.name, f"data:image/png;base64,{data}"))
+        return self
+
     def link(self, text: str, href: str) -> Doc:
         self.blocks.append(("link", text, href))
         return self
@@ -58,6 +68,8 @@ class Doc:
                 out.append("```\n" + b[1].rstrip("\n") + "\n```")
             elif kind == "link":
                 out.append(f"[{b[1]}]({b[2]})")
+            elif kind == "image":
+                out.append(f"![{b[1]}]({b[2]})")
         return "\n\n".join(out) + "\n"
 
     def html_body(self) -> str:
@@ -80,12 +92,15 @@ class Doc:
                 out.append(f"<pre><code>{e(b[1])}</code></pre>")
             elif kind == "link":
                 out.append(f'<p><a href="{e(b[2], quote=True)}">{e(b[1])}</a></p>')
+            elif kind == "image":
+                out.append(f'<p><img src="{b[3]}" alt="{e(b[1], quote=True)}" '
+                           'style="max-width:100%"></p>')
         return "\n".join(out)
 
     def html(self, title: str) -> str:
         return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
                 f'<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
-                f'style-src \'unsafe-inline\'"><title>{html.escape(title)}</title>'
+                f'style-src \'unsafe-inline\'; img-src data:"><title>{html.escape(title)}</title>'
                 f"<style>{STYLE}</style></head><body>\n{self.html_body()}\n</body></html>\n")
 
 

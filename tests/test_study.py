@@ -10,36 +10,57 @@ import shutil
 import pytest
 
 from sparsecircuits.errors import UserError
-from sparsecircuits.study.compare import geomean, summarize
+from sparsecircuits.study.compare import geomean, ratio_interval, summarize
 
 from .test_circuits_cli import planted_run  # noqa: F401  (a fixture)
 from .test_cli import assert_one_line_error, run_cli
 
 
-def test_summary_takes_geometric_means_over_tasks_both_models_reach():
-    def frontier(**edges):
-        return {"targets": {k: (None if v is None else {"edges": v}) for k, v in edges.items()}}
+def frontier(**sizes):
+    """{target: (nodes, edges) or None} as a search's frontier."""
+    return {"targets": {k: (None if v is None else {"nodes": v[0], "edges": v[1]})
+                        for k, v in sizes.items()}}
 
+
+def test_summary_takes_geometric_means_over_tasks_both_models_reach():
     per_task = {
-        "a": {"sparse": frontier(**{"0.5": 4, "0.1": 16}),
-              "dense": frontier(**{"0.5": 64, "0.1": None})},
-        "b": {"sparse": frontier(**{"0.5": 16, "0.1": 8}),
-              "dense": frontier(**{"0.5": 256, "0.1": 80})},
+        "a": {"sparse": frontier(**{"0.5": (2, 4), "0.1": (4, 16)}),
+              "dense": frontier(**{"0.5": (8, 64), "0.1": None})},
+        "b": {"sparse": frontier(**{"0.5": (8, 16), "0.1": (4, 8)}),
+              "dense": frontier(**{"0.5": (16, 256), "0.1": (12, 80)})},
     }
     rows = {r["target"]: r for r in summarize(per_task, (0.5, 0.1))}
     assert rows[0.5]["tasks"] == ["a", "b"]
     assert rows[0.5]["sparse_edges"] == 8.0 and rows[0.5]["dense_edges"] == 128.0
     assert rows[0.5]["ratio"] == 16.0
+    # nodes: sparse 2, 8 -> 4; dense 8, 16 -> 11.31; per task 4x and 2x
+    assert rows[0.5]["node_ratio"] == round(math.sqrt(8), 2)
+    assert rows[0.5]["per_task_ratios"] == {"a": {"edges": 16.0, "nodes": 4.0},
+                                            "b": {"edges": 16.0, "nodes": 2.0}}
+    # every resample of two equal edge ratios is that ratio; node ratios lie between 2x and 4x
+    assert rows[0.5]["ratio_interval"] == [16.0, 16.0]
+    assert rows[0.5]["node_ratio_interval"] == [2.0, 4.0]
     assert rows[0.1]["tasks"] == ["b"] and rows[0.1]["ratio"] == 10.0
+    assert rows[0.1]["ratio_interval"] is None   # one task: nothing to resample
     assert math.isclose(geomean([2, 8]), 4.0) and geomean([None]) is None
-    per_task["c"] = {"sparse": frontier(**{"0.5": 0, "0.1": None}),
-                     "dense": frontier(**{"0.5": 500, "0.1": None})}
+    per_task["c"] = {"sparse": frontier(**{"0.5": (0, 0), "0.1": None}),
+                     "dense": frontier(**{"0.5": (40, 500), "0.1": None})}
     row = summarize(per_task, (0.5,))[0]
     assert row["tasks"] == ["a", "b"] and row["zero_edge_tasks"] == ["c"]
     assert row["ratio"] == 16.0  # a task with an edgeless circuit cannot enter a geometric mean
 
 
-def test_compare_through_the_cli(planted_run, capsys, tmp_path):  # noqa: F811
+def test_bootstrap_interval_covers_the_spread_of_tasks_and_is_reproducible():
+    ratios = [2.0, 8.0, 32.0, 128.0]
+    lo, hi = ratio_interval(ratios)
+    assert 2.0 <= lo < geomean(ratios) < hi <= 128.0
+    assert ratio_interval(ratios) == (lo, hi)          # seeded
+    assert all(math.isclose(x, 5.0) for x in ratio_interval([5.0, 5.0, 5.0]))
+    wide, narrow = ratio_interval([1.0, 100.0] * 2), ratio_interval([9.0, 11.0] * 2)
+    assert wide[1] / wide[0] > 50 > narrow[1] / narrow[0]
+
+
+def test_compare_through_the_cli(planted_run, capsys, tmp_path, monkeypatch):  # noqa: F811
     run, task = planted_run
     twin = tmp_path / "twin"
     shutil.copytree(run, twin)
@@ -73,6 +94,18 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path):  # noqa: F811
     from sparsecircuits.study import compare
     alone = compare(run, twin, tasks=[str(task)], targets=(0.3, 0.05), steps=150, jobs=1, log=None)
     assert alone["tasks"] == result["tasks"] and alone["summary"] == result["summary"]
+    assert (result["ablation"], result["freeze_norm"]) == ("mean", False)
+    import importlib
+    study = importlib.import_module("sparsecircuits.study.compare")  # the module, not the function
+    seen, real = [], study.search
+    monkeypatch.setattr(study, "search", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    zero = compare(run, twin, tasks=[str(task)], targets=(0.05,), steps=150, jobs=1,
+                   ablation="zero", freeze_norm=True, log=None)
+    assert (zero["ablation"], zero["freeze_norm"]) == ("zero", True)
+    # both searches ran with those settings
+    assert [(c.ablation.value, c.freeze_norm) for c in seen] == [("zero", True)] * 2
+    trial = zero["tasks"][str(task)]["sparse"]["trials"][0]
+    assert trial["targets"]["0.05"] is not None  # the planted path survives zero ablation too
 
 
 def test_demo_lists_a_task_the_last_token_gives_away_instead_of_pruning_it(
@@ -108,6 +141,10 @@ def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811
     assert any(line.startswith("[1/") for line in lines)  # progress lines
     assert sum("working on planted" in line for line in lines) == 2  # as each job starts
     assert any("open" in line and "index.html" in line for line in lines)
+    page = (out / "index.html").read_text()
+    assert 'img src="data:image/png;base64,' in page       # the plot is on the page itself
+    assert "What was found: At task loss 0.15, dense circuits have 1.0x" in page
+    assert "![" in summary and "(frontier.png)" in summary
     result = json.loads((out / "compare.json").read_text())
     assert result["summary"][-2]["ratio"] == 1.0  # target 0.15: the same model twice
     from sparsecircuits.circuits.ablation import ABLATIONS

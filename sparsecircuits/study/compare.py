@@ -48,10 +48,30 @@ def _model_info(run_dir, model) -> dict:
     return info
 
 
+BOOTSTRAP_DRAWS = 10_000
+
+
+def ratio_interval(ratios, draws: int = BOOTSTRAP_DRAWS, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float] | None:
+    """A percentile bootstrap interval over tasks for the geometric mean of per-task ratios:
+    tasks are drawn with replacement `draws` times (seeded, so a report is reproducible). With
+    one task there is nothing to resample: None."""
+    logs = torch.tensor([math.log(r) for r in ratios], dtype=torch.float64)
+    if len(logs) < 2:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    means = logs[torch.randint(len(logs), (draws, len(logs)), generator=g)].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2],
+                                                dtype=torch.float64))
+    return math.exp(float(lo)), math.exp(float(hi))
+
+
 def summarize(per_task: dict, targets) -> list[dict]:
     """Per target: the tasks both models reach, and over those whose circuits both have edges,
-    the geometric-mean edge counts and their dense/sparse ratio. A task one model does with no
-    edge at all (its last token gives the answer away) has no logarithm: it is listed apart."""
+    the geometric-mean edge and node counts, the dense/sparse ratios of each task and their
+    geometric mean (the same as the ratio of the geometric means) with a bootstrap 95%
+    interval over tasks. A task one model does with no edge at all (its last token gives the
+    answer away) has no logarithm: it is listed apart."""
     rows = []
     for t in targets:
         key = str(t)
@@ -59,11 +79,20 @@ def summarize(per_task: dict, targets) -> list[dict]:
                 if r["sparse"]["targets"][key] and r["dense"]["targets"][key]]
         counted = [n for n in both if min(per_task[n][m]["targets"][key]["edges"]
                                           for m in ("sparse", "dense")) > 0]
-        gs = geomean(per_task[n]["sparse"]["targets"][key]["edges"] for n in counted)
-        gd = geomean(per_task[n]["dense"]["targets"][key]["edges"] for n in counted)
-        rows.append(dict(target=t, tasks=counted, zero_edge_tasks=sorted(set(both) - set(counted)),
-                         sparse_edges=_r(gs), dense_edges=_r(gd),
-                         ratio=_r(gd / gs) if gs and gd else None))
+        row = dict(target=t, tasks=counted, zero_edge_tasks=sorted(set(both) - set(counted)))
+        ratios = {n: {} for n in counted}
+        for unit, prefix in (("edges", ""), ("nodes", "node_")):
+            at = {n: {m: per_task[n][m]["targets"][key][unit] for m in ("sparse", "dense")}
+                  for n in counted}
+            gs, gd = (geomean(at[n][m] for n in counted) for m in ("sparse", "dense"))
+            for n in counted:
+                ratios[n][unit] = _r(at[n]["dense"] / at[n]["sparse"])
+            interval = ratio_interval([at[n]["dense"] / at[n]["sparse"] for n in counted])
+            row.update({f"sparse_{unit}": _r(gs), f"dense_{unit}": _r(gd),
+                        f"{prefix}ratio": _r(gd / gs) if gs and gd else None,
+                        f"{prefix}ratio_interval": [_r(x) for x in interval] if interval else None})
+        row["per_task_ratios"] = ratios
+        rows.append(row)
     return rows
 
 
@@ -73,8 +102,10 @@ def _r(x):
 
 def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None, *,
             budget: int = DEFAULT_BUDGET, steps: int = PruneConfig.steps, n_check: int = 64,
-            jobs: int | None = None, log=print) -> dict:
+            ablation: str = "mean", freeze_norm: bool = False, jobs: int | None = None,
+            log=print) -> dict:
     """Prune every task at every target in both models; write JSON and the frontier plot.
+    `ablation` and `freeze_norm` are the pruning settings of both searches (as for `prune`);
     `jobs` (default: one per core) is how many (task, model) searches run at once, each in
     its own process."""
     from ..tasks.metrics import task_metrics
@@ -84,6 +115,7 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
                         f"{math.log(2):.3f} (e.g. 0.5 0.15 0.02).")
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs} must be at least 1.")
+    cfg = PruneConfig(steps=steps, ablation=ablation, freeze_norm=freeze_norm).validate()
     t0 = time.perf_counter()
     models = {}
     for name, run in (("sparse", sparse_run), ("dense", dense_run)):
@@ -92,7 +124,6 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
     if models["sparse"][1].to_str() != models["dense"][1].to_str():
         raise UserError("the two runs use different tokenizers, so the same task is a different "
                         "question to each; compare runs trained on the same corpus.")
-    cfg = PruneConfig(steps=steps)
     names = list(tasks) if tasks else list(PAPER_TASKS)
     if names == ["all"]:
         names = list(PAPER_TASKS)
@@ -131,7 +162,8 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
     result = dict(
         sparse=_model_info(sparse_run, models["sparse"][0]),
         dense=_model_info(dense_run, models["dense"][0]),
-        targets=list(targets), budget=budget, steps=steps, tasks=per_task, skipped=skipped,
+        targets=list(targets), budget=budget, steps=steps, ablation=cfg.ablation.value,
+        freeze_norm=cfg.freeze_norm, tasks=per_task, skipped=skipped,
         summary=rows, seconds=round(time.perf_counter() - t0, 1), versions=versions())
     if out is not None:
         out = output_dir(out)
@@ -160,49 +192,84 @@ def _frontier_in_worker(a: dict, threads: int) -> dict:
     return _frontier_job(a, model, tok, stats)
 
 
+def with_interval(ratio, interval) -> str:
+    """'34.1x [13.2-88.0]', or '-' where no ratio could be taken."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.1f}x" + (f" [{interval[0]:.1f}-{interval[1]:.1f}]" if interval else "")
+
+
+def headline(result: dict, target: float = TARGET_LOSS) -> str | None:
+    """The comparison at `target` in one sentence, or None where no task is counted there."""
+    row = next((r for r in result["summary"] if r["target"] == target), None)
+    if row is None or row["ratio"] is None:
+        return None
+    n = len(row["tasks"])
+    edges = with_interval(row["ratio"], row["ratio_interval"])
+    nodes = with_interval(row["node_ratio"], row["node_ratio_interval"])
+    return (f"at task loss {target:g}, dense circuits have {edges} the edges and {nodes} the "
+            f"nodes of sparse ones (geometric mean over {n} task{'s' * (n != 1)}, bootstrap 95% "
+            "interval over tasks in brackets)")
+
+
 def format_summary(result: dict) -> str:
-    lines = [f"{'target':>7} {'tasks':>5} {'sparse edges':>13} {'dense edges':>12} {'dense/sparse':>13}"]
+    how = f"pruned nodes held at the {result.get('ablation', 'mean')} value" + (
+        ", norms frozen" if result.get("freeze_norm") else "")
+    lines = [how, f"{'target':>7} {'tasks':>5} {'sparse edges':>13} {'dense edges':>12} "
+             f"{'edges dense/sparse [95%]':>26} {'nodes dense/sparse [95%]':>26}"]
     for r in result["summary"]:
         def f(x, spec):
             return format(x, spec) if x is not None else "-"
         lines.append(f"{r['target']:>7g} {len(r['tasks']):>5} {f(r['sparse_edges'], '>13.1f')} "
-                     f"{f(r['dense_edges'], '>12.1f')} {f(r['ratio'], '>12.2f')}x")
-    lines.append("edges: geometric mean over the tasks both models reach at that target")
+                     f"{f(r['dense_edges'], '>12.1f')} "
+                     f"{with_interval(r['ratio'], r['ratio_interval']):>26} "
+                     f"{with_interval(r['node_ratio'], r['node_ratio_interval']):>26}")
+    lines.append("sizes: geometric means over the tasks both models reach at that target; the "
+                 "interval: tasks drawn with replacement")
     for r in result["summary"]:
         if r.get("zero_edge_tasks"):
             lines.append(f"left out at {r['target']:g} (a circuit with no edge: the last token "
                          f"gives the answer away): {', '.join(r['zero_edge_tasks'])}")
     key = str(TARGET_LOSS)
+    row = next((r for r in result["summary"] if r["target"] == TARGET_LOSS), None)
     if any(key in r[m]["targets"] for r in result["tasks"].values() for m in ("sparse", "dense")):
         lines += ["", f"per task at {key} (loss on the val pairs it was bisected on, and on the "
-                  "test split; calibrated / uncalibrated):",
+                  "test split; calibrated / uncalibrated; dense / sparse ratios):",
                   f"{'task':<28} {'model':<7} {'nodes':>6} {'edges':>8} {'val':>6} {'uncal.':>7} "
-                  f"{'test':>6} {'uncal.':>7}"]
+                  f"{'test':>6} {'uncal.':>7} {'nodes x':>8} {'edges x':>8}"]
         for name, r in result["tasks"].items():
+            ratio = (row or {}).get("per_task_ratios", {}).get(name)
             for m in ("sparse", "dense"):
                 c = r[m]["targets"].get(key)
+                tail = (f" {ratio['nodes']:>8.1f} {ratio['edges']:>8.1f}"
+                        if ratio and m == "dense" else "")
                 lines.append(f"{name:<28} {m:<7} " + (
                     f"{c['nodes']:>6} {c['edges']:>8} {c['loss']:>6.3f} "
                     f"{c['loss_uncalibrated']:>7.3f} {c['test_loss']:>6.3f} "
-                    f"{c['test_loss_uncalibrated']:>7.3f}" if c else
+                    f"{c['test_loss_uncalibrated']:>7.3f}" + tail if c else
                     "no circuit reaches the target"))
+    if (h := headline(result)):
+        lines += ["", h[0].upper() + h[1:] + "."]
     return "\n".join(lines)
 
 
 def plot_frontier(result: dict, stem: Path) -> list[Path]:
-    """Figure-2 style: task loss target vs circuit edges, geometric means and each task."""
+    """Left, Figure-2 style: task loss target against circuit edges, each task's line (faint)
+    and the geometric means. Right: the dense/sparse ratio at each target, in edges and in
+    nodes, each task's ratio as a dot and the geometric mean with its bootstrap 95% interval."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    fig, (ax, ar) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120)
     colors = {"sparse": "#2262c6", "dense": "#e08a2c"}
     for m in ("sparse", "dense"):
         for r in result["tasks"].values():  # each task, faint; an edgeless circuit has no log
             pts = sorted((float(t), v["edges"]) for t, v in r[m]["targets"].items()
                          if v and v["edges"] > 0)
             if pts:
-                ax.plot([e for _, e in pts], [t for t, _ in pts], color=colors[m], alpha=0.2, lw=1)
+                ax.plot([e for _, e in pts], [t for t, _ in pts], color=colors[m], alpha=0.25,
+                        lw=1)
         pts = sorted((r["target"], r[f"{m}_edges"]) for r in result["summary"] if r[f"{m}_edges"])
         if pts:
             ax.plot([e for _, e in pts], [t for t, _ in pts], "o-", color=colors[m], lw=2,
@@ -211,12 +278,38 @@ def plot_frontier(result: dict, stem: Path) -> list[Path]:
     ax.set_yscale("log")
     ax.set_yticks(result["targets"], [f"{t:g}" for t in result["targets"]])
     ax.minorticks_off()
-    ax.set_xlabel("circuit edges (geometric mean over tasks)")
+    ax.set_xlabel("circuit edges (faint: each task; line: geometric mean)")
     ax.set_ylabel("task loss target")
     ax.invert_yaxis()
     ax.grid(True, which="both", alpha=0.25)
     ax.legend()
     ax.set_title("Circuit size vs task loss")
+
+    for unit, prefix, color, shift in (("edges", "", "#6a3d9a", 0.97), ("nodes", "node_",
+                                                                          "#33a02c", 1.03)):
+        rows = [r for r in result["summary"] if r.get(f"{prefix}ratio")]
+        for r in rows:
+            xs = [r["target"] * shift] * len(r["per_task_ratios"])
+            ar.scatter(xs, [v[unit] for v in r["per_task_ratios"].values()], s=12,
+                       color=color, alpha=0.35, lw=0)
+        if rows:
+            xs = [r["target"] * shift for r in rows]
+            ys = [r[f"{prefix}ratio"] for r in rows]
+            lo = [y - (r[f"{prefix}ratio_interval"] or [y, y])[0] for y, r in zip(ys, rows)]
+            hi = [(r[f"{prefix}ratio_interval"] or [y, y])[1] - y for y, r in zip(ys, rows)]
+            ar.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", color=color, lw=2, capsize=3,
+                        label=f"{unit} (dots: each task; bars: 95% interval)")
+    ar.axhline(1, color="#888", lw=1, ls=":")
+    ar.set_xscale("log")
+    ar.set_yscale("log")
+    ar.set_xticks(result["targets"], [f"{t:g}" for t in result["targets"]])
+    ar.minorticks_off()
+    ar.invert_xaxis()
+    ar.set_xlabel("task loss target")
+    ar.set_ylabel("dense / sparse (geometric mean over tasks)")
+    ar.grid(True, which="both", alpha=0.25)
+    ar.legend(fontsize=8)
+    ar.set_title("How much larger dense circuits are")
     fig.tight_layout()
     paths = []
     for ext in ("png", "svg"):
