@@ -229,6 +229,128 @@ def test_viewer_in_a_real_browser(planted_circuit, tmp_path):
         driver.quit()
 
 
+def large_circuit_data(data: dict, n: int = 90, seed: int = 0) -> dict:
+    """A viewer's data for an n-node circuit, built from a real card: random sites, distinct
+    importances (a few not measured), weight edges from each layer to later ones and q-k links."""
+    import random
+    rng = random.Random(seed)
+    kinds = ["attn.in", "attn.q", "attn.k", "attn.v", "attn.out", "mlp.in", "mlp.neuron",
+             "mlp.out"]
+    order = {k: i for i, k in enumerate(kinds)}
+    nodes = []
+    for i in range(n):
+        layer, kind = rng.randrange(data["meta"]["n_layer"]), rng.choice(kinds)
+        card = dict(data["nodes"][0], id=f"blocks.{layer}.{kind}[{i}]", layer=layer, kind=kind,
+                    index=i, site=f"blocks.{layer}.{kind}", edges_in=[], edges_out=[],
+                    ablation_delta=None if i % 15 == 7 else round(0.001 * (i + 1), 4))
+        nodes.append(card)
+    rank = [(c["layer"], order[c["kind"]]) for c in nodes]
+    edges = []
+    for a in range(n):
+        for b in rng.sample(range(n), 6):
+            if rank[a] < rank[b]:
+                edges.append([a, b, round(rng.uniform(-1, 1), 5), "weight"])
+        if nodes[a]["kind"] == "attn.q":
+            k = next((b for b in range(n) if nodes[b]["kind"] == "attn.k"
+                      and nodes[b]["layer"] == nodes[a]["layer"]), None)
+            if k is not None:
+                edges.append([a, k, 0.0, "qk"])
+    return dict(data, nodes=nodes, edges=edges, meta=dict(data["meta"], nodes=n, edges=len(edges)))
+
+
+def test_viewer_filters_a_large_circuit_and_highlights_paths(planted_circuit, tmp_path):
+    """A large circuit opens on its 40 most important nodes; the sliders show exactly the
+    nodes at or above an importance and the edges at or above a weight, with the counts; a
+    selected node's upstream and downstream paths are the ones the edges give."""
+    from selenium.webdriver.common.by import By
+    run, _, circuit = planted_circuit
+    model, tok, corpus = open_run(run)
+    data = large_circuit_data(gather(Circuit.load(circuit), model, tok, corpus, log=None))
+    nodes, edges = data["nodes"], data["edges"]
+    page = tmp_path / "large.html"
+    page.write_text(render_html(data))
+
+    def expected(imp, weight):
+        vis = {i for i, c in enumerate(nodes) if imp is None
+               or (c["ablation_delta"] is not None and c["ablation_delta"] >= imp)}
+        shown = [e for e in edges if e[0] in vis and e[1] in vis
+                 and (e[3] != "weight" or weight is None or abs(e[2]) >= weight)]
+        return vis, shown
+
+    driver = chrome()
+    try:
+        driver.get(page.as_uri())
+
+        def drawn():
+            return ({int(g.get_attribute("data-i"))
+                     for g in driver.find_elements(By.CSS_SELECTOR, "svg .node")},
+                    len(driver.find_elements(By.CSS_SELECTOR, "svg .edge")))
+
+        def slide(slider, step):
+            driver.execute_script("const s = document.getElementById(arguments[0]); "
+                                  "s.value = arguments[1]; s.dispatchEvent(new Event('input'));",
+                                  slider, step)
+
+        counts = driver.find_element(By.ID, "filter-counts")
+        deltas = sorted({c["ablation_delta"] for c in nodes if c["ablation_delta"] is not None})
+        vis, shown = drawn()
+        top = set(sorted((i for i, c in enumerate(nodes) if c["ablation_delta"] is not None),
+                         key=lambda i: -nodes[i]["ablation_delta"])[:40])
+        assert vis == top                                   # the 40 most important nodes
+        assert counts.text.startswith(f"showing 40 of {len(nodes)} nodes")
+        assert shown <= 150
+
+        slide("imp-filter", 0)
+        slide("edge-filter", 0)
+        assert drawn() == (set(range(len(nodes))), len(edges))
+        n, m = len(nodes), len(edges)
+        assert counts.text == f"showing {n} of {n} nodes, {m} of {m} edges"
+
+        weights = sorted({abs(e[2]) for e in edges if e[3] == "weight"})
+        for imp_step, edge_step in ((10, 0), (30, 25), (1, len(weights) // 2)):
+            slide("imp-filter", imp_step)
+            slide("edge-filter", edge_step)
+            vis, shown = expected(deltas[imp_step - 1], weights[edge_step - 1] if edge_step else None)
+            assert drawn() == (vis, len(shown))
+            assert counts.text.startswith(f"showing {len(vis)} of {len(nodes)} nodes, "
+                                          f"{len(shown)} of {len(edges)} edges")
+            assert driver.find_element(By.ID, "imp-value").text == f"≥ {deltas[imp_step - 1]:.4f}"
+
+        driver.find_element(By.ID, "show-all").click()
+        assert drawn() == (set(range(len(nodes))), len(edges))
+
+        # paths: everything that reaches the node and everything it reaches, over all edges
+        succ = {i: set() for i in range(len(nodes))}
+        pred = {i: set() for i in range(len(nodes))}
+        for a, b, _, kind in edges:
+            succ[a].add(b), pred[b].add(a)
+            if kind == "qk":
+                succ[b].add(a), pred[a].add(b)
+
+        def reach(i, nxt):
+            seen, todo = {i}, [i]
+            while todo:
+                for j in nxt[todo.pop()] - seen:
+                    seen.add(j), todo.append(j)
+            return seen
+
+        i = max(range(len(nodes)), key=lambda j: len(reach(j, pred)) * len(reach(j, succ)))
+        driver.find_element(By.CSS_SELECTOR, f'svg .node[data-i="{i}"] text').click()
+        on = {int(g.get_attribute("data-i"))
+              for g in driver.find_elements(By.CSS_SELECTOR, "svg .node.onpath")}
+        up, down = reach(i, pred), reach(i, succ)
+        assert on == up | down and len(on) < len(nodes)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "svg .node.dim")) == len(nodes) - len(on)
+        assert (f"{len(up) - 1} nodes upstream, {len(down) - 1} downstream"
+                in driver.find_element(By.ID, "card-paths").text)
+        driver.find_element(By.ID, "show-paths").click()       # off: nothing dimmed
+        assert not driver.find_elements(By.CSS_SELECTOR, "svg .node.dim, svg .node.onpath")
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+    finally:
+        driver.quit()
+
+
 def test_trace_of_a_resample_circuit_holds_the_rest_at_task_means_and_says_so(planted_circuit,
                                                                               tmp_path):
     """One prompt has no other prompt to take values from: a resample circuit's other nodes

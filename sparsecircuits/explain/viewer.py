@@ -67,6 +67,18 @@ PAGE = """<!DOCTYPE html>
 </header>
 <main>
   <section id="graph-pane">
+    <div id="filters">
+      <label>node importance <input type="range" id="imp-filter" min="0" value="0">
+        <span id="imp-value"></span></label>
+      <label>edge |weight| <input type="range" id="edge-filter" min="0" value="0">
+        <span id="edge-value"></span></label>
+      <label><input type="checkbox" id="show-paths" checked> highlight the selected node's
+        paths from the input to the answer</label>
+      <button id="show-all" type="button">show everything</button>
+      <div id="filter-counts"></div>
+      <div class="hint">importance: how much the circuit's test loss rises when the node alone
+        is ablated; a large circuit opens on its most important nodes</div>
+    </div>
     <div id="graph"></div>
     <section id="browser">
       <h2>Prompt browser</h2>

@@ -41,71 +41,188 @@ document.getElementById("summary").textContent =
   (M.freeze_norm ? ", frozen norm" : "") + ` · model ${M.model_hash}, ${M.n_layer} layers, ` +
   `d_model ${M.d_model}`;
 
+// ---------------------------------------------------------------- filters
+// A large circuit starts on the view that fits one screen: its FIT_NODES most important
+// nodes (importance: how much the circuit's test loss rises when the node alone is ablated)
+// and at most FIT_EDGES of the heaviest weight edges among them. Both sliders run over the
+// values that occur, so every step changes what is shown; step 0 shows everything.
+const FIT_NODES = 40, FIT_EDGES = 150;
+const ascending = xs => [...new Set(xs)].sort((a, b) => a - b);
+const IMP_STEPS = [null, ...ascending(DATA.nodes.map(n => n.ablation_delta).filter(v => v !== null))];
+const EDGE_STEPS = [null, ...ascending(DATA.edges.filter(e => e[3] === "weight").map(e => Math.abs(e[2])))];
+const impSlider = document.getElementById("imp-filter");
+const edgeSlider = document.getElementById("edge-filter");
+impSlider.max = IMP_STEPS.length - 1;
+edgeSlider.max = EDGE_STEPS.length - 1;
+
+function nodeShown(n) {
+  const t = IMP_STEPS[+impSlider.value];
+  return t === null || (n.ablation_delta !== null && n.ablation_delta >= t);
+}
+function edgeShown(e, vis) {
+  if (!vis[e[0]] || !vis[e[1]]) return false;
+  const t = EDGE_STEPS[+edgeSlider.value];
+  return e[3] !== "weight" || t === null || Math.abs(e[2]) >= t;
+}
+function firstStep(steps, slider, count, most) {  // the first step showing at most `most`
+  for (let i = 0; i < steps.length; i++) { slider.value = i; if (count() <= most) return; }
+}
+firstStep(IMP_STEPS, impSlider, () => DATA.nodes.filter(nodeShown).length, FIT_NODES);
+firstStep(EDGE_STEPS, edgeSlider, () => {
+  const vis = DATA.nodes.map(nodeShown);
+  return DATA.edges.filter(e => edgeShown(e, vis)).length;
+}, FIT_EDGES);
+
+// ---------------------------------------------------------------- paths through a node
+// Upstream: every node with a path of edges into it (back to the residual reads of the
+// input tokens); downstream: every node it reaches (on to the writes that make the answer).
+// A query-key pair works together, so its link is followed both ways.
+const succ = DATA.nodes.map(() => []), pred = DATA.nodes.map(() => []);
+for (const [a, b, , kind] of DATA.edges) {
+  succ[a].push(b); pred[b].push(a);
+  if (kind === "qk") { succ[b].push(a); pred[a].push(b); }
+}
+function reach(start, next) {
+  const seen = new Set([start]), todo = [start];
+  while (todo.length) for (const j of next[todo.pop()]) if (!seen.has(j)) { seen.add(j); todo.push(j); }
+  return seen;
+}
+function pathsThrough(i) {
+  const up = reach(i, pred), down = reach(i, succ);
+  return {up, down, all: new Set([...up, ...down])};
+}
+
 // ---------------------------------------------------------------- graph layout
 const COL_W = 92, ROW_H = 26, TOP = 34, LEFT = 30;
 const cols = [];
 for (let l = 0; l < M.n_layer; l++) for (let g = 0; g < GROUPS.length; g++) cols.push([l, g]);
-const used = cols.map(([l, g]) => DATA.nodes.filter(n => n.layer === l && GROUPS[g].includes(n.kind)));
-const shown = cols.map((c, i) => i).filter(i => used[i].length > 0);
-const pos = {};
-let maxRows = 1;
-shown.forEach((ci, x) => {
-  const list = used[ci].slice().sort((a, b) => a.kind.localeCompare(b.kind) || a.index - b.index);
-  list.forEach((n, y) => { pos[n.id] = [LEFT + x * COL_W, TOP + y * ROW_H]; });
-  maxRows = Math.max(maxRows, list.length);
-});
-const W = LEFT * 2 + Math.max(1, shown.length) * COL_W, H = TOP + maxRows * ROW_H + 20;
-const svg = sv("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, id: "circuit-svg"});
-shown.forEach((ci, x) => {
-  const [l, g] = cols[ci];
-  const t = sv("text", {x: LEFT + x * COL_W - 10, y: 14, class: "colhead"});
-  t.textContent = `L${l} ${GROUP_NAMES[g]}`;
-  svg.appendChild(t);
-});
-const maxW = Math.max(1e-9, ...DATA.edges.filter(e => e[3] === "weight").map(e => Math.abs(e[2])));
-const edgeEls = [];
-for (const e of DATA.edges) {
-  const a = pos[DATA.nodes[e[0]].id], b = pos[DATA.nodes[e[1]].id];
-  if (!a || !b) continue;
-  const p = sv("path", {class: "edge", d: `M${a[0]},${a[1]} C${(a[0] + b[0]) / 2},${a[1]} ${(a[0] + b[0]) / 2},${b[1]} ${b[0]},${b[1]}`});
-  if (e[3] === "weight") {
-    p.setAttribute("stroke", e[2] >= 0 ? "#2262c6" : "#c62828");
-    p.setAttribute("stroke-width", (0.6 + 3.4 * Math.abs(e[2]) / maxW).toFixed(2));
-  } else {
-    p.setAttribute("stroke", e[3] === "qk" ? "#8e5bc4" : "#aaa");
-    p.setAttribute("stroke-dasharray", e[3] === "qk" ? "5,3" : "1,3");
-    p.setAttribute("stroke-width", "1.2");
-  }
-  const title = sv("title");
-  title.textContent = `${DATA.nodes[e[0]].id} → ${DATA.nodes[e[1]].id}` +
-    (e[3] === "weight" ? `: ${e[2]}` : ` (${e[3]} link)`);
-  p.appendChild(title);
-  p.dataset.src = e[0]; p.dataset.dst = e[1];
-  svg.appendChild(p);
-  edgeEls.push(p);
+const colOf = DATA.nodes.map(n => cols.findIndex(([l, g]) => n.layer === l && GROUPS[g].includes(n.kind)));
+
+// Columns by layer and site; inside a column, nodes ordered by the mean row of their shown
+// neighbours (a sweep left to right, then right to left), which uncrosses most edges.
+function layout(vis, shownEdges) {
+  const byCol = cols.map(() => []);
+  DATA.nodes.forEach((n, i) => { if (vis[i]) byCol[colOf[i]].push(i); });
+  const used = byCol.map((c, i) => i).filter(i => byCol[i].length);
+  for (const c of used) byCol[c].sort((a, b) => DATA.nodes[a].kind.localeCompare(DATA.nodes[b].kind) ||
+                                               DATA.nodes[a].index - DATA.nodes[b].index);
+  const nbr = DATA.nodes.map(() => []);
+  for (const [a, b] of shownEdges) { nbr[a].push(b); nbr[b].push(a); }
+  const row = {};
+  used.forEach(c => byCol[c].forEach((i, y) => { row[i] = y; }));
+  const sweep = (order, before) => {
+    for (const c of order) {
+      const key = i => {
+        const ys = nbr[i].filter(j => before(colOf[j], c)).map(j => row[j]);
+        return ys.length ? ys.reduce((s, y) => s + y, 0) / ys.length : row[i];
+      };
+      const keyed = byCol[c].map(i => [key(i), row[i], i]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      byCol[c] = keyed.map(k => k[2]);
+      byCol[c].forEach((i, y) => { row[i] = y; });
+    }
+  };
+  sweep(used, (a, b) => a < b);
+  sweep(used.slice().reverse(), (a, b) => a > b);
+  const pos = {};
+  used.forEach((c, x) => byCol[c].forEach((i, y) => { pos[i] = [LEFT + x * COL_W, TOP + y * ROW_H]; }));
+  const rows = Math.max(1, ...used.map(c => byCol[c].length));
+  return {pos, used, W: LEFT * 2 + Math.max(1, used.length) * COL_W, H: TOP + rows * ROW_H + 20};
 }
-const nodeEls = [];
-DATA.nodes.forEach((n, i) => {
-  const [x, y] = pos[n.id];
-  const g = sv("g", {class: "node", "data-i": i, transform: `translate(${x},${y})`});
-  const cls = KIND_CLASS[n.kind];
-  let shape;
-  if (cls === "read" || cls === "write") shape = sv("circle", {r: 7});
-  else if (cls === "neuron") shape = sv("rect", {x: -6, y: -6, width: 12, height: 12, transform: "rotate(45)"});
-  else shape = sv("rect", {x: -6.5, y: -6.5, width: 13, height: 13});
-  shape.setAttribute("fill", COLORS[cls]);
-  g.appendChild(shape);
-  const label = sv("text", {x: 10, y: 3});
-  label.textContent = shortName(n);
-  g.appendChild(label);
-  const title = sv("title");
-  title.textContent = `${n.id}: ${n.description}`;
-  g.appendChild(title);
-  g.addEventListener("click", () => openCard(i));
-  svg.appendChild(g);
-  nodeEls.push(g);
+
+const maxW = Math.max(1e-9, ...DATA.edges.filter(e => e[3] === "weight").map(e => Math.abs(e[2])));
+let edgeEls = [], nodeEls = [];          // what is drawn now, with the index of each
+let selected = null, lit = new Set();
+
+function render() {
+  const vis = DATA.nodes.map(nodeShown);
+  const shownEdges = DATA.edges.filter(e => edgeShown(e, vis));
+  const {pos, used, W, H} = layout(vis, shownEdges);
+  const svg = sv("svg", {width: W, height: H, viewBox: `0 0 ${W} ${H}`, id: "circuit-svg"});
+  used.forEach((c, x) => {
+    const [l, g] = cols[c];
+    const t = sv("text", {x: LEFT + x * COL_W - 10, y: 14, class: "colhead"});
+    t.textContent = `L${l} ${GROUP_NAMES[g]}`;
+    svg.appendChild(t);
+  });
+  edgeEls = [];
+  for (const e of shownEdges) {
+    const a = pos[e[0]], b = pos[e[1]];
+    const p = sv("path", {class: "edge", d: `M${a[0]},${a[1]} C${(a[0] + b[0]) / 2},${a[1]} ${(a[0] + b[0]) / 2},${b[1]} ${b[0]},${b[1]}`});
+    if (e[3] === "weight") {
+      p.setAttribute("stroke", e[2] >= 0 ? "#2262c6" : "#c62828");
+      p.setAttribute("stroke-width", (0.6 + 3.4 * Math.abs(e[2]) / maxW).toFixed(2));
+    } else {
+      p.setAttribute("stroke", e[3] === "qk" ? "#8e5bc4" : "#aaa");
+      p.setAttribute("stroke-dasharray", e[3] === "qk" ? "5,3" : "1,3");
+      p.setAttribute("stroke-width", "1.2");
+    }
+    const title = sv("title");
+    title.textContent = `${DATA.nodes[e[0]].id} → ${DATA.nodes[e[1]].id}` +
+      (e[3] === "weight" ? `: ${e[2]}` : ` (${e[3]} link)`);
+    p.appendChild(title);
+    p.dataset.src = e[0]; p.dataset.dst = e[1];
+    svg.appendChild(p);
+    edgeEls.push(p);
+  }
+  nodeEls = [];
+  DATA.nodes.forEach((n, i) => {
+    if (!vis[i]) return;
+    const [x, y] = pos[i];
+    const g = sv("g", {class: "node", "data-i": i, transform: `translate(${x},${y})`});
+    const cls = KIND_CLASS[n.kind];
+    let shape;
+    if (cls === "read" || cls === "write") shape = sv("circle", {r: 7});
+    else if (cls === "neuron") shape = sv("rect", {x: -6, y: -6, width: 12, height: 12, transform: "rotate(45)"});
+    else shape = sv("rect", {x: -6.5, y: -6.5, width: 13, height: 13});
+    shape.setAttribute("fill", COLORS[cls]);
+    g.appendChild(shape);
+    const label = sv("text", {x: 10, y: 3});
+    label.textContent = shortName(n);
+    g.appendChild(label);
+    const title = sv("title");
+    title.textContent = `${n.id}: ${n.description}` +
+      (n.ablation_delta === null ? "" : ` (importance ${fmt(n.ablation_delta)})`);
+    g.appendChild(title);
+    g.addEventListener("click", () => openCard(i));
+    svg.appendChild(g);
+    nodeEls.push(g);
+  });
+  document.getElementById("graph").replaceChildren(svg);
+  const t = IMP_STEPS[+impSlider.value], w = EDGE_STEPS[+edgeSlider.value];
+  document.getElementById("imp-value").textContent = t === null ? "all nodes" : `≥ ${fmt(t, 4)}`;
+  document.getElementById("edge-value").textContent = w === null ? "all edges" : `≥ ${fmt(w, 4)}`;
+  document.getElementById("filter-counts").textContent =
+    `showing ${nodeEls.length} of ${DATA.nodes.length} nodes, ${edgeEls.length} of ` +
+    `${DATA.edges.length} edges` + (nodeEls.length < DATA.nodes.length ?
+      " (the rest are hidden by the filters, not pruned)" : "");
+  mark();
+}
+
+// The classes that show the selection, its paths and the nodes lit by the prompt browser.
+function mark() {
+  const paths = selected !== null && document.getElementById("show-paths").checked ? pathsThrough(selected) : null;
+  for (const g of nodeEls) {
+    const i = +g.dataset.i;
+    g.classList.toggle("selected", i === selected);
+    g.classList.toggle("lit", lit.has(i));
+    g.classList.toggle("onpath", !!paths && paths.all.has(i));
+    g.classList.toggle("dim", !!paths && !paths.all.has(i));
+  }
+  for (const p of edgeEls) {
+    const a = +p.dataset.src, b = +p.dataset.dst;
+    const on = !!paths && ((paths.up.has(a) && paths.up.has(b)) || (paths.down.has(a) && paths.down.has(b)));
+    p.classList.toggle("hl", selected !== null && (a === selected || b === selected));
+    p.classList.toggle("onpath", on);
+    p.classList.toggle("dim", !!paths && !on);
+  }
+}
+
+impSlider.addEventListener("input", render);
+edgeSlider.addEventListener("input", render);
+document.getElementById("show-paths").addEventListener("change", mark);
+document.getElementById("show-all").addEventListener("click", () => {
+  impSlider.value = 0; edgeSlider.value = 0; render();
 });
-document.getElementById("graph").appendChild(svg);
 
 // ---------------------------------------------------------------- node card
 function tokenLine(tokens, acts, at, peak) {
@@ -126,12 +243,16 @@ function nodeLink(id) {
 }
 function openCard(i) {
   const n = DATA.nodes[i];
-  nodeEls.forEach((g, j) => g.classList.toggle("selected", j === i));
-  edgeEls.forEach(p => p.classList.toggle("hl", +p.dataset.src === i || +p.dataset.dst === i));
+  selected = i;
+  mark();
   const card = document.getElementById("card");
   card.replaceChildren();
   card.appendChild(el("h2", {id: "card-title"}, n.id));
   card.appendChild(el("p", {}, n.description));
+  const paths = pathsThrough(i);
+  card.appendChild(el("p", {id: "card-paths"}, `on paths from the input to the answer: ` +
+    `${paths.up.size - 1} nodes upstream, ${paths.down.size - 1} downstream` +
+    (nodeShown(n) ? "" : " · hidden by the importance filter")));
   const t = el("table");
   const rows = [["site", n.site], ["largest |activation|", fmt(n.max_abs)],
                 ["active on", `${fmt(100 * n.active_frac, 1)}% of sampled tokens`],
@@ -195,8 +316,8 @@ function pickToken(i, j, span) {
   document.querySelectorAll("#prompt-tokens .tok").forEach(s => s.classList.remove("picked"));
   if (span) span.classList.add("picked");
   const here = p.active.filter(a => a[1] === j);
-  const lit = new Set(here.map(a => a[0]));
-  nodeEls.forEach((g, k) => g.classList.toggle("lit", lit.has(k)));
+  lit = new Set(here.map(a => a[0]));
+  mark();
   const info = document.getElementById("prompt-info");
   info.replaceChildren();
   info.appendChild(el("p", {}, `token ${j} ${JSON.stringify(p.tokens[j])}: ${here.length} circuit nodes active` +
@@ -211,4 +332,5 @@ function pickToken(i, j, span) {
   info.appendChild(tb);
 }
 select.addEventListener("change", () => showPrompt(+select.value));
+render();
 if (DATA.prompts.length) showPrompt(0);
