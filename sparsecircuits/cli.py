@@ -154,7 +154,8 @@ def cmd_compare(a):
                      freeze_norm=a.freeze_norm, jobs=a.jobs, log=_log_now)
     print()
     print(format_summary(result))
-    print(f"\nwrote {a.out}/compare.json, frontier.png and frontier.svg")
+    print(f"\nwrote {a.out}/compare.json, frontier.png and frontier.svg, and the circuits "
+          f"counted at the headline target in {a.out}/circuits/TASK/MODEL.json")
 
 
 def cmd_export(a):

@@ -20,6 +20,7 @@ from .circuits.search import DEFAULT_BUDGET
 from .doc import Doc
 from .errors import UserError
 from .parallel import default_jobs, run_jobs
+from .study.compare import task_folder
 from .tasks.metrics import TARGET_LOSS
 
 SHIPPED = Path(__file__).parent / "shipped"
@@ -132,7 +133,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     log(f"    pruning at targets {', '.join(map(str, targets))}, validating and reporting "
         f"{len(work)} circuits ({len(both)} tasks x 2 models), {jobs} at a time")
     args = [dict(task=n, ref=refs[n], model=m, run=str(models[m]["run"]), targets=tuple(targets),
-                 cfg=cfg, budget=budget, folder=str(out / folder(n)), report=(m == "sparse"))
+                 cfg=cfg, budget=budget, folder=str(out / task_folder(n)), report=(m == "sparse"))
             for n, m in work]
     per_task, found, validations = {n: {} for n in both}, {}, {}
     started = lambda a: log(f"    working on {a['task']}, {a['model']} model")  # noqa: E731
@@ -216,11 +217,6 @@ def _circuit_job(a: dict, d: dict) -> dict:
                 seconds=time.perf_counter() - t0)
 
 
-def folder(task_name: str) -> str:
-    """A task's sub-folder of the demo output (control suffixes like ':inverted' made safe)."""
-    return task_name.replace(":", "-").replace("/", "-")
-
-
 def _loss(model, tok, task, pairs) -> float:
     from .tasks.metrics import score_pairs
     losses, _ = score_pairs(model, tok, task.name, pairs)
@@ -301,9 +297,10 @@ def summary_doc(result, both, found, validations, given_away=None, plot=None) ->
                        for r in result["summary"] if r.get("zero_edge_tasks")) or "none")
           + ". The plot is also in frontier.png / frontier.svg.")
     doc.h(2, "Open next")
-    doc.ul([f"{folder(n)}/viewer.html: the sparse circuit, clickable; {folder(n)}/report.html: "
-            "its audit report" for n in both if (n, "sparse") in found])
+    doc.ul([f"{task_folder(n)}/viewer.html: the sparse circuit, clickable; "
+            f"{task_folder(n)}/report.html: its audit report"
+            for n in both if (n, "sparse") in found])
     for n in both:
         if (n, "sparse") in found:
-            doc.link(f"{n}: the sparse circuit", f"{folder(n)}/viewer.html")
+            doc.link(f"{n}: the sparse circuit", f"{task_folder(n)}/viewer.html")
     return doc

@@ -86,6 +86,10 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path, monkeypatch):  #
     assert "on the test split" in table and f"{at['test_loss']:.3f}" in table
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (out / "frontier.svg").read_text()
+    # The circuits the headline counts are written: none here, 0.15 is not among the targets.
+    assert not (out / "circuits").exists()
+    assert result["command"] == (f"sparsecircuits compare {run} {twin} --tasks {task} "
+                                 "--targets 0.3 0.05")
     assert_one_line_error(*run_cli(capsys, "compare", str(run), str(twin), "--targets", "2",
                                    "--out", str(out))[::2], "between 0 and chance")
     assert_one_line_error(*run_cli(capsys, "compare", str(run), str(twin), "--jobs", "0",
@@ -99,9 +103,18 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path, monkeypatch):  #
     study = importlib.import_module("sparsecircuits.study.compare")  # the module, not the function
     seen, real = [], study.search
     monkeypatch.setattr(study, "search", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
-    zero = compare(run, twin, tasks=[str(task)], targets=(0.05,), steps=150, jobs=1,
-                   ablation="zero", freeze_norm=True, log=None)
+    zero = compare(run, twin, tasks=[str(task)], targets=(0.15, 0.05), steps=150, jobs=1,
+                   ablation="zero", freeze_norm=True, out=tmp_path / "zero", log=None)
     assert (zero["ablation"], zero["freeze_norm"]) == ("zero", True)
+    assert zero["command"].endswith("--targets 0.15 0.05 --ablation zero "
+                                    "--freeze-norm")
+    from sparsecircuits.circuits import Circuit
+    from sparsecircuits.study.compare import task_folder
+    for m in ("sparse", "dense"):   # the circuits the headline counts, as the frontier has them
+        c = Circuit.load(tmp_path / "zero" / "circuits" / task_folder(str(task)) / f"{m}.json")
+        at = zero["tasks"][str(task)][m]["targets"]["0.15"]
+        assert (c.num_nodes, c.num_edges, c.target_loss) == (at["nodes"], at["edges"], 0.15)
+        assert c.provenance["run_dir"] == str((run if m == "sparse" else twin).resolve())
     # both searches ran with those settings
     assert [(c.ablation.value, c.freeze_norm) for c in seen] == [("zero", True)] * 2
     trial = zero["tasks"][str(task)]["sparse"]["trials"][0]

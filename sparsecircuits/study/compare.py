@@ -4,7 +4,9 @@ For every task and model, `circuits.search` (the search `prune` runs) finds the 
 circuit at every target loss. At each target, the geometric mean of edge counts is taken over
 the tasks that *both* models reach there, and the dense/sparse ratio of those means is the
 figure the paper reports (about 16x at 0.15). A task is admitted only where both full models
-reach the paper's target on the test split, which pruning never sees.
+reach the paper's target on the test split, which pruning never sees. The circuits the
+headline counts (each task's in each model at that target) are written beside the figures, so
+that a reader can open, validate and view what was counted.
 """
 
 from __future__ import annotations
@@ -151,8 +153,11 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
     local = lambda a: _frontier_job(a, *models[a["model"]][:3])  # noqa: E731
     started = (lambda a: log(f"{a['task']}: pruning the {a['model']} model ...")) if log \
         else (lambda a: None)
+    counted = {}
     for r in run_jobs(work, jobs, local, _frontier_in_worker, started):
         per_task[r["task"]][r["model"]] = r["frontier"]
+        if r["circuit"] is not None:
+            counted[(r["task"], r["model"])] = r["circuit"]
         if log:
             at = r["frontier"]["targets"].get(str(TARGET_LOSS))
             log(f"{r['task']}, {r['model']} model: done in {r['seconds']:.0f}s"
@@ -165,24 +170,52 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
         targets=list(targets), budget=budget, steps=steps, ablation=cfg.ablation.value,
         freeze_norm=cfg.freeze_norm, tasks=per_task, skipped=skipped,
         summary=rows, seconds=round(time.perf_counter() - t0, 1), versions=versions())
+    result["command"] = command_line(result, sparse_run, dense_run, tasks)
     if out is not None:
         out = output_dir(out)
+        for (n, m), c in counted.items():
+            c.save(out / "circuits" / task_folder(n) / f"{m}.json")
         atomic_write_text(out / "compare.json", json.dumps(result, indent=1))
         plot_frontier(result, out / "frontier")
     return result
 
 
+def task_folder(task_name: str) -> str:
+    """A task's sub-folder in a report (a task file's path and control suffixes made safe)."""
+    return task_name.replace(":", "-").replace("/", "-")
+
+
+def command_line(result: dict, sparse_run, dense_run, tasks=None) -> str:
+    """The `compare` command that gives `result` (every setting that differs from the default)."""
+    parts = ["sparsecircuits compare", str(sparse_run), str(dense_run)]
+    if tasks:
+        parts += ["--tasks", *map(str, tasks)]
+    if tuple(result["targets"]) != DEFAULT_TARGETS:
+        parts += ["--targets", *(f"{t:g}" for t in result["targets"])]
+    if result["budget"] != DEFAULT_BUDGET:
+        parts += ["--budget", str(result["budget"])]
+    if result["steps"] != PruneConfig.steps:
+        parts += ["--steps", str(result["steps"])]
+    if result["ablation"] != "mean":
+        parts += ["--ablation", result["ablation"]]
+    if result["freeze_norm"]:
+        parts.append("--freeze-norm")
+    return " ".join(parts)
+
+
 def _frontier_job(a: dict, model, tok, stats) -> dict:
-    """One task in one model: its frontier over the targets."""
+    """One task in one model: its frontier over the targets, and its circuit at the headline
+    target (None where it has none)."""
     t0 = time.perf_counter()
     found = search(model, tok, a["task"], a["targets"], a["cfg"], budget=a["budget"], jobs=1,
-                   stats=stats, log=None)
+                   stats=stats, provenance=dict(run_dir=str(Path(a["run"]).resolve())),
+                   log=None)
     frontier = found.frontier()
     for t, c in found.circuits.items():   # reported on the test split, chosen on val
         if c is not None:
             frontier["targets"][str(t)].update(test_losses(c, model, tok, stats))
     return dict(task=a["task"], model=a["model"], frontier=frontier,
-                seconds=time.perf_counter() - t0)
+                circuit=found.circuits.get(TARGET_LOSS), seconds=time.perf_counter() - t0)
 
 
 def _frontier_in_worker(a: dict, threads: int) -> dict:
