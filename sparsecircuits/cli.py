@@ -169,7 +169,7 @@ def _log_now(*args):
 
 def cmd_demo(a):
     from .demo import demo
-    demo(a.out, jobs=a.jobs, budget=a.budget, ablation=a.ablation, log=_log_now)
+    demo(a.out, jobs=a.jobs, budget=a.budget, ablation=a.ablation, live=a.live, log=_log_now)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ablation", default="mean", choices=ABLATIONS,
                    help="what a pruned node is held at (mean: over pretraining tokens; "
                         "resample: its value on another prompt of the task)")
+    d.add_argument("--live", action="store_true",
+                   help="search for every circuit now instead of validating the ones of the "
+                        "study shipped with the models (minutes more)")
     d.set_defaults(fn=cmd_demo)
     return p
 

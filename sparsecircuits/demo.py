@@ -2,6 +2,13 @@
 baseline at matched pretraining loss), find and test circuits for every task both can do, and
 write a report folder a person can open.
 
+The full search takes longer than a first look should, so the models ship with the `compare`
+study made on them (`shipped/study/`: its figures and the circuits it counted). By default the
+demo measures both models on the tasks, validates the study's circuits and writes their viewers,
+labelling every figure it did not measure itself with the study's command and the models'
+hashes; `live=True` (`demo --live`) runs the search itself. The study is used only for the very
+models and pruning settings it was made with.
+
     DIR/index.html, summary.md     what was found, sparse vs dense, where to click next
     DIR/frontier.png, .svg         task loss vs circuit edges, both models (the paper's Fig. 2)
     DIR/compare.json               every figure
@@ -59,11 +66,14 @@ class Progress:
 
 def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, tasks=None,
          targets=DEMO_TARGETS, jobs: int | None = None, budget: int = DEFAULT_BUDGET,
-         ablation: str = "mean", log=print) -> Path:
+         ablation: str = "mean", study: str | Path | None = None, live: bool = False,
+         log=print) -> Path:
     """Run the demo into `out`. `jobs` (default: one per core, each on its own thread) is how
     many (task, model) circuits are worked on at once, in separate processes; `budget` is the
     number of trials of the circuit search (`circuits.search`) for each; `ablation` what the
-    pruned nodes are held at (`circuits.Ablation`; the paper's is the pretraining mean)."""
+    pruned nodes are held at (`circuits.Ablation`; the paper's is the pretraining mean).
+    `study` is a `compare` output folder made on these models (default: the shipped one, for
+    the shipped models); its circuits are validated instead of searched for, unless `live`."""
     from .circuits import open_run
     from .circuits.ablation import PretrainingStats
     from .circuits.pruning import PruneConfig, TaskSplit, empty_circuit_loss, resolve_values
@@ -77,6 +87,8 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
         raise UserError(f"--budget {budget} must be at least 1 trial.")
     cfg = PruneConfig(ablation=ablation)   # an unknown ablation is refused before any work
     out = output_dir(out)
+    if study is None and runs is None:
+        study = SHIPPED / "study"
     sparse_run, dense_run = runs or shipped_runs()
     log(f"sparsecircuits demo: circuits in a weight-sparse and a dense model, written to {out}")
     models = {}
@@ -84,6 +96,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
         model, tok, corpus = open_run(run)
         models[name] = dict(model=model, tok=tok, corpus=corpus, run=Path(run),
                             stats=PretrainingStats.cached(model, corpus, log=log))
+    shipped = None if live or study is None else usable_study(study, models, cfg, budget, log)
 
     refs = {get_task(n).name: task_reference(n) for n in (tasks or PAPER_TASKS)}
     by_name = {name: get_task(ref) for name, ref in refs.items()}
@@ -127,13 +140,27 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     if not both:
         raise UserError(f"no task is done by both models at loss {TARGET} or below with a "
                         f"circuit to find; nothing to compare (see {out / 'tasks.txt'}).")
+    if shipped is not None:
+        targets = tuple(shipped["targets"])
+        keys = {get_task(k).name: k for k in shipped["tasks"]}  # as given to compare: a file's path
+        missing = [n for n in both if n not in keys]
+        if missing:   # the models are the study's, so this is a damaged installation
+            raise UserError(f"the study in {study} has no circuits for {', '.join(missing)}, "
+                            "which both models do; run `sparsecircuits demo --live`.")
     work = [(n, m) for n in both for m in models]
     jobs = default_jobs(len(work), jobs)
     progress.total = 1 + len(work) + 1
-    log(f"    pruning at targets {', '.join(map(str, targets))}, validating and reporting "
-        f"{len(work)} circuits ({len(both)} tasks x 2 models), {jobs} at a time")
+    if shipped is None:
+        log(f"    pruning at targets {', '.join(map(str, targets))}, validating and reporting "
+            f"{len(work)} circuits ({len(both)} tasks x 2 models), {jobs} at a time")
+    else:
+        log(f"    validating and reporting the study's {len(work)} circuits ({len(both)} tasks x "
+            f"2 models), {jobs} at a time; `--live` searches for them instead")
     args = [dict(task=n, ref=refs[n], model=m, run=str(models[m]["run"]), targets=tuple(targets),
-                 cfg=cfg, budget=budget, folder=str(out / task_folder(n)), report=(m == "sparse"))
+                 cfg=cfg, budget=budget, folder=str(out / task_folder(n)), report=(m == "sparse"),
+                 study=None if shipped is None else dict(
+                     frontier=shipped["tasks"][keys[n]][m],
+                     circuit=str(Path(study) / "circuits" / task_folder(keys[n]) / f"{m}.json")))
             for n, m in work]
     per_task, found, validations = {n: {} for n in both}, {}, {}
     started = lambda a: log(f"    working on {a['task']}, {a['model']} model")  # noqa: E731
@@ -154,11 +181,15 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     rows = summarize(per_task, targets)
     result = dict(sparse=_model_info(sparse_run, models["sparse"]["model"]),
                   dense=_model_info(dense_run, models["dense"]["model"]),
-                  targets=list(targets), budget=budget, steps=cfg.steps,
+                  targets=list(targets), budget=budget if shipped is None else shipped["budget"],
+                  steps=cfg.steps if shipped is None else shipped["steps"],
                   ablation=cfg.ablation.value, tasks=per_task, summary=rows,
                   given_away={n: {m: round(v, 4) for m, v in e.items()}
                               for n, e in given_away.items()},
                   seconds=round(progress.elapsed(), 1))
+    if shipped is not None:
+        result["study"] = dict(folder=str(Path(study).resolve()), command=shipped["command"],
+                               seconds=shipped["seconds"], versions=shipped.get("versions"))
     atomic_write_text(out / "compare.json", json.dumps(result, indent=1))
     plot_frontier(result, out / "frontier")
     doc = summary_doc(result, both, found, validations, given_away, plot=out / "frontier.png")
@@ -186,20 +217,26 @@ def _circuit_in_worker(a: dict, threads: int) -> dict:
 
 
 def _circuit_job(a: dict, d: dict) -> dict:
-    """One task in one model: prune at every target, keep the circuit at TARGET,
-    validate it (without the controls, which take minutes) and, for the sparse model, write
-    its viewer and audit report. Files go to a["folder"]; the figures come back."""
-    from .circuits import validate
+    """One task in one model: prune at every target and keep the circuit at TARGET (or take
+    the study's, a["study"]), validate it (without the controls, which take minutes) and, for
+    the sparse model, write its viewer and audit report. Files go to a["folder"]; the figures
+    come back."""
+    from .circuits import Circuit, validate
     from .explain import gather, write_viewer
     from .explain import run_info as describe_run
     from .explain.report import build_report
     from .circuits.search import search
     t0 = time.perf_counter()
     n, m, where = a["task"], a["model"], Path(a["folder"])
-    found = search(d["model"], d["tok"], a["ref"], a["targets"], a["cfg"], budget=a["budget"],
-                   jobs=1, stats=d["stats"], provenance=dict(run_dir=str(d["run"].resolve())),
-                   log=None)
-    frontier, c = found.frontier(), found.circuits.get(TARGET)
+    if a["study"] is not None:
+        at = a["study"]["frontier"]["targets"].get(str(TARGET))
+        frontier = a["study"]["frontier"]
+        c = Circuit.load(a["study"]["circuit"]) if at else None
+    else:
+        found = search(d["model"], d["tok"], a["ref"], a["targets"], a["cfg"],
+                       budget=a["budget"], jobs=1, stats=d["stats"],
+                       provenance=dict(run_dir=str(d["run"].resolve())), log=None)
+        frontier, c = found.frontier(), found.circuits.get(TARGET)
     v = None
     if c is not None:
         c.save(where / f"{m}.json")
@@ -215,6 +252,30 @@ def _circuit_job(a: dict, d: dict) -> dict:
             atomic_write_text(where / "report.html", doc.html(f"{n} circuit: audit report"))
     return dict(task=n, model=m, frontier=frontier, circuit=c, validation=v,
                 seconds=time.perf_counter() - t0)
+
+
+def usable_study(study: str | Path, models: dict, cfg, budget: int, log) -> dict | None:
+    """The `compare` result in `study` if it was made on these very models (by weight hash)
+    with this search (pruning settings, trials, steps); otherwise None: the demo searches live."""
+    from .circuits.ablation import model_hash
+    path = Path(study) / "compare.json"
+    if not path.is_file():
+        log(f"    no study at {study}; searching for every circuit live")
+        return None
+    try:
+        result = json.loads(path.read_text())
+        made_on = {m: result[m]["model_hash"] for m in models}
+        settings = (result["ablation"], result["freeze_norm"], result["budget"],
+                    result["steps"], result["command"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a compare result ({e}); run the demo with --live, or "
+                        "make the study again with `sparsecircuits compare`.") from None
+    now = {m: model_hash(d["model"]) for m, d in models.items()}
+    if made_on != now or settings[:4] != (cfg.ablation.value, cfg.freeze_norm, budget, cfg.steps):
+        log(f"    the study in {study} was made on other models or with another search; "
+            "searching for every circuit live")
+        return None
+    return result
 
 
 def _loss(model, tok, task, pairs) -> float:
@@ -241,6 +302,14 @@ def summary_doc(result, both, found, validations, given_away=None, plot=None) ->
              f"convincing: {', '.join(convincing)}." if convincing else
              f"The validation battery calls none of the {len(validations)} circuits convincing; "
              "the reasons are below."))
+    if (st := result.get("study")):
+        doc.p("The circuits and sizes below come from the study shipped with these models, not "
+              f"searched for now: `{st['command']}`, which took {st['seconds'] / 60:.0f} min on "
+              "the machine it ran on (docs/RESULTS.md), on the sparse model "
+              f"{s['model_hash'][:12]} and the dense model {d['model_hash'][:12]} (weight "
+              "hashes, the same as the models loaded now). This demo measured both models on "
+              "the tasks, validated those circuits and wrote their viewers; "
+              "`sparsecircuits demo --live` searches for every circuit itself.")
     doc.p(f"Sparse model: val loss {s.get('val_loss', float('nan')):.3f}, weight density "
           f"{s['weight_density']:g}, activation keep fraction {s['afrac']:g}. Dense baseline: val "
           f"loss {d.get('val_loss', float('nan')):.3f}. Tasks both do at loss {TARGET} or below, "

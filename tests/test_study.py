@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from sparsecircuits.errors import UserError
-from sparsecircuits.study.compare import geomean, ratio_interval, summarize
+from sparsecircuits.study.compare import geomean, ratio_interval, summarize, task_folder
 
 from .test_circuits_cli import planted_run  # noqa: F401  (a fixture)
 from .test_cli import assert_one_line_error, run_cli
@@ -109,7 +109,6 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path, monkeypatch):  #
     assert zero["command"].endswith("--targets 0.15 0.05 --ablation zero "
                                     "--freeze-norm")
     from sparsecircuits.circuits import Circuit
-    from sparsecircuits.study.compare import task_folder
     for m in ("sparse", "dense"):   # the circuits the headline counts, as the frontier has them
         c = Circuit.load(tmp_path / "zero" / "circuits" / task_folder(str(task)) / f"{m}.json")
         at = zero["tasks"][str(task)][m]["targets"]["0.15"]
@@ -174,6 +173,53 @@ def test_demo_writes_its_report_folder(planted_run, tmp_path):  # noqa: F811
     for f in ("sparse.json", "dense.json"):
         a, b = (json.loads((o / "planted" / f).read_text()) for o in (out, alone))
         assert (a["nodes"], a["edges"]) == (b["nodes"], b["edges"])
+
+
+def test_demo_validates_the_circuits_of_a_study_made_on_its_models(
+        planted_run, tmp_path, monkeypatch):  # noqa: F811
+    import importlib
+    from sparsecircuits.demo import demo
+    from sparsecircuits.study import compare
+    run, task = planted_run
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    study = compare(run, twin, tasks=[str(task)], targets=(0.5, 0.15), jobs=1,
+                    out=tmp_path / "study", log=None)
+    search_module = importlib.import_module("sparsecircuits.circuits.search")  # not the function
+    real, searched = search_module.search, []
+    monkeypatch.setattr(search_module, "search",
+                        lambda *a, **k: searched.append(a[2]) or real(*a, **k))
+    lines = []
+    out = demo(tmp_path / "demo", runs=(run, twin), tasks=[str(task)], study=tmp_path / "study",
+               jobs=1, log=lines.append)
+    assert searched == []   # the study's circuits, validated, not searched for again
+    result = json.loads((out / "compare.json").read_text())
+    assert result["study"]["command"] == study["command"]
+    def sizes(rows):   # tasks are keyed by name in the demo, by the path given to compare
+        return [{k: v for k, v in r.items() if "tasks" not in k and k != "per_task_ratios"}
+                for r in rows]
+    assert sizes(result["summary"]) == sizes(study["summary"])
+    assert result["targets"] == [0.5, 0.15]
+    for m in ("sparse", "dense"):
+        shown = json.loads((out / "planted" / f"{m}.json").read_text())
+        counted = json.loads((tmp_path / "study" / "circuits" / task_folder(str(task))
+                              / f"{m}.json").read_text())
+        assert shown == counted
+        assert (out / "planted" / f"validation-{m}.json").is_file()
+    page = (out / "index.html").read_text()
+    assert study["command"] in page and study["sparse"]["model_hash"][:12] in page
+    assert "not searched for now" in page and (out / "planted" / "viewer.html").is_file()
+    # Another search (here: fewer trials) or --live: the demo searches itself.
+    for kw in (dict(budget=1), dict(live=True)):
+        searched.clear()
+        out = demo(tmp_path / "other", runs=(run, twin), tasks=[str(task)], jobs=1,
+                   study=tmp_path / "study", log=lines.append, **kw)
+        assert len(searched) == 2 and "study" not in json.loads((out / "compare.json").read_text())
+    assert any("with another search" in line for line in lines)
+    (tmp_path / "study" / "compare.json").write_text("{")
+    with pytest.raises(UserError, match="is not a compare result"):
+        demo(tmp_path / "bad", runs=(run, twin), tasks=[str(task)], jobs=1,
+             study=tmp_path / "study", log=lines.append)
 
 
 def test_demo_prunes_with_the_ablation_it_is_given(planted_run, tmp_path):  # noqa: F811
