@@ -232,6 +232,8 @@ def _circuit_job(a: dict, d: dict) -> dict:
         at = a["study"]["frontier"]["targets"].get(str(TARGET))
         frontier = a["study"]["frontier"]
         c = Circuit.load(a["study"]["circuit"]) if at else None
+        if c is not None:   # the same weights (by hash) wherever the study found them
+            c.provenance["run_dir"] = str(d["run"].resolve())
     else:
         found = search(d["model"], d["tok"], a["ref"], a["targets"], a["cfg"],
                        budget=a["budget"], jobs=1, stats=d["stats"],
