@@ -341,7 +341,7 @@ def plot_frontier(result: dict, stem: Path) -> list[Path]:
     ar.set_xlabel("task loss target")
     ar.set_ylabel("dense / sparse (geometric mean over tasks)")
     ar.grid(True, which="both", alpha=0.25)
-    ar.legend(fontsize=8)
+    ar.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # off the bars
     ar.set_title("How much larger dense circuits are")
     fig.tight_layout()
     paths = []
