@@ -181,8 +181,7 @@ def demo(out: str | Path = "sparsecircuits-demo", *, runs: tuple | None = None, 
     rows = summarize(per_task, targets)
     result = dict(sparse=_model_info(sparse_run, models["sparse"]["model"]),
                   dense=_model_info(dense_run, models["dense"]["model"]),
-                  targets=list(targets), budget=budget if shipped is None else shipped["budget"],
-                  steps=cfg.steps if shipped is None else shipped["steps"],
+                  targets=list(targets), budget=budget, steps=cfg.steps,
                   ablation=cfg.ablation.value, tasks=per_task, summary=rows,
                   given_away={n: {m: round(v, 4) for m, v in e.items()}
                               for n, e in given_away.items()},
@@ -267,13 +266,15 @@ def usable_study(study: str | Path, models: dict, cfg, budget: int, log) -> dict
     try:
         result = json.loads(path.read_text())
         made_on = {m: result[m]["model_hash"] for m in models}
-        settings = (result["ablation"], result["freeze_norm"], result["budget"],
-                    result["steps"], result["command"])
+        made_with = (result["ablation"], result["freeze_norm"], result["budget"], result["steps"])
+        for key in ("command", "tasks", "targets", "seconds"):   # what the demo reads besides
+            if key not in result:
+                raise KeyError(key)
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not a compare result ({e}); run the demo with --live, or "
                         "make the study again with `sparsecircuits compare`.") from None
     now = {m: model_hash(d["model"]) for m, d in models.items()}
-    if made_on != now or settings[:4] != (cfg.ablation.value, cfg.freeze_norm, budget, cfg.steps):
+    if made_on != now or made_with != (cfg.ablation.value, cfg.freeze_norm, budget, cfg.steps):
         log(f"    the study in {study} was made on other models or with another search; "
             "searching for every circuit live")
         return None

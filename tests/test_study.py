@@ -87,7 +87,7 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path, monkeypatch):  #
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "<svg" in (out / "frontier.svg").read_text()
     # The circuits the headline counts are written: none here, 0.15 is not among the targets.
-    assert not (out / "circuits").exists()
+    assert list((out / "circuits").iterdir()) == []
     assert result["command"] == (f"sparsecircuits compare {run} {twin} --tasks {task} "
                                  "--targets 0.3 0.05")
     assert_one_line_error(*run_cli(capsys, "compare", str(run), str(twin), "--targets", "2",
@@ -103,6 +103,9 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path, monkeypatch):  #
     study = importlib.import_module("sparsecircuits.study.compare")  # the module, not the function
     seen, real = [], study.search
     monkeypatch.setattr(study, "search", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    stale = tmp_path / "zero" / "circuits" / "gone" / "sparse.json"   # an earlier run's
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
     zero = compare(run, twin, tasks=[str(task)], targets=(0.15, 0.05), steps=150, jobs=1,
                    ablation="zero", freeze_norm=True, out=tmp_path / "zero", log=None)
     assert (zero["ablation"], zero["freeze_norm"]) == ("zero", True)
@@ -114,6 +117,8 @@ def test_compare_through_the_cli(planted_run, capsys, tmp_path, monkeypatch):  #
         at = zero["tasks"][str(task)][m]["targets"]["0.15"]
         assert (c.num_nodes, c.num_edges, c.target_loss) == (at["nodes"], at["edges"], 0.15)
         assert c.provenance["run_dir"] == str((run if m == "sparse" else twin).resolve())
+    assert not stale.parent.exists()   # replaced, not added to
+    assert [f.name for f in (tmp_path / "zero").iterdir() if f.name.startswith(".")] == []
     # both searches ran with those settings
     assert [(c.ablation.value, c.freeze_norm) for c in seen] == [("zero", True)] * 2
     trial = zero["tasks"][str(task)]["sparse"]["trials"][0]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -173,11 +175,27 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
     result["command"] = command_line(result, sparse_run, dense_run, tasks)
     if out is not None:
         out = output_dir(out)
-        for (n, m), c in counted.items():
-            c.save(out / "circuits" / task_folder(n) / f"{m}.json")
+        save_circuits(counted, out / "circuits")
         atomic_write_text(out / "compare.json", json.dumps(result, indent=1))
         plot_frontier(result, out / "frontier")
     return result
+
+
+def save_circuits(counted: dict, folder: Path) -> None:
+    """Write {(task, model): Circuit} as folder/TASK/MODEL.json, replacing what an earlier run
+    left there in one rename: no stale or half-written circuit sits beside a new result."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for (n, m), c in counted.items():
+            c.save(tmp / task_folder(n) / f"{m}.json")
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            shutil.rmtree(old)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def task_folder(task_name: str) -> str:
