@@ -13,28 +13,11 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .answers import TASK_ANSWERS  # noqa: F401  (re-exported: what corpus build reserves)
 from .errors import UserError
 
 EOT = "<|endoftext|>"
 
-# The answers of the built-in task suite, reserved when the tokenizer is trained so that each is
-# a single token (every task contrasts two single tokens). Each is one pre-token.
-TASK_ANSWERS = (
-    '")\n', "')\n",              # single_double_quote
-    "]]\n", "]\n",               # bracket_counting
-    ".add", " +=",                # set_or_string, set_or_string_fixedvarname
-    ")", ")\n",                   # with_as
-    ":", ",",                     # bracket_brace
-    "r", "w",                     # with_open
-    " in", ":\n",                 # for_while, else_elif, if_ternary, var_if, while_return_true
-    " not", " else",              # else_elif, if_ternary
-    " {",                         # fstring_brace
-    " ==", " =",                  # if_equals
-    " enumerate", " range",       # enumerate_range
-    "\n",                         # var_if, while_return_true
-    "=None", "):\n", "():\n",     # final_kwarg, lambda_func
-    "   ", "       ", "           ", "               ",  # indent_for: indentation tokens
-)
 PRETOKENIZER_REGEX = (r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*"
                       r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 

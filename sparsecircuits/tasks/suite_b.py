@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 
+from ..answers import PARAM_NAMES
 from .core import Pair, Task, last_line_differs, split_half
 from .words import NOUNS, VARS, VERBS, indent, preamble, sentence
 
@@ -67,18 +68,6 @@ def _block(rng: random.Random, split: str, pad: str, most: int) -> str:
 
 # ----------------------------------------------------------------------------- class_init
 
-# Parameter names that are single tokens with a leading space under the default tokenizer
-# (filtered once by hand; the tests check that the answers are single tokens).
-_PARAMS = ["value", "count", "name", "item", "data", "result", "key", "path", "line", "size",
-           "index", "text", "node", "state", "mode", "user", "token", "col", "source", "config",
-           "prefix", "start", "current", "other", "child", "first", "last", "message", "url",
-           "args", "root", "base", "filename", "parser", "values", "lines", "time", "encoding",
-           "header", "context", "client", "server", "handler", "output", "code", "error",
-           "errors", "version", "group", "x", "y", "z", "n", "k", "attr", "char", "cmd",
-           "command", "default", "event", "frame", "func", "file", "files", "instance",
-           "module", "msg", "names", "obj", "option", "pos", "sock", "socket", "stream",
-           "string", "thread", "widget", "end", "number", "method", "spec", "loop", "out"]
-
 _CLASS_BASES = ["Config", "Node", "Client", "Handler", "Record", "Point", "Item", "Job", "Task",
                 "Request", "Response", "Event", "Parser", "Cache", "Session", "Worker",
                 "Reader", "Writer", "Buffer", "Window", "Model", "Layer", "Entry", "Message",
@@ -89,14 +78,15 @@ _DOCSTRINGS = ["Holds the settings of one run.", "A small record type.", "Keeps 
                "State shared by the workers.", "One parsed entry.", "Wraps the raw response."]
 _DEFAULTS = ["None", "None", "0", "1", "False", "True", "()", '""']
 
-# Attributes set from literals, not parameters; the underscore keeps them apart from `_PARAMS`.
+# Attributes set from literals, not parameters: the underscore keeps them apart from
+# `PARAM_NAMES`.
 _EXTRA_ATTRS = ["self._cache = {}", "self._lock = threading.Lock()", "self._closed = False",
                 "self._pending = []", "self._seen = set()", "self._buffer = []",
                 "self._count = 0", "self._handlers = {}", "self._started = None"]
 
 
 def _class_init(rng: random.Random, split: str) -> Pair:
-    params = rng.sample(split_half(_PARAMS, split, "init-param"), rng.randint(2, 6))
+    params = rng.sample(split_half(PARAM_NAMES, split, "init-param"), rng.randint(2, 6))
     base = rng.choice(split_half(_CLASS_BASES, split, "init-class"))
     cls = rng.choice(_CLASS_PREFIXES) + base
     other_base = rng.choice([b for b in _CLASS_BASES if b != base])

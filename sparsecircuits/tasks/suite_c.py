@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import re
 
+from ..answers import SWAP_NAMES
 from .core import Pair, Task, last_line_differs, split_half
 from .words import NOUNS, VARS, VERBS, indent, preamble
 
@@ -46,24 +47,13 @@ def _value(rng: random.Random, split: str) -> str:
 
 # ----------------------------------------------------------------------------- var_swap
 
-# Identifiers that are one token *with* a leading space under the default tokenizer, so that
-# ` <name>` is a single answer. Filtered once from a candidate list with
-# `len(tok.encode(" " + name).ids) == 1`, leaving out `self`, builtins (`next`, `max`) and
-# words that are odd as variables (`by`, `py`, `this`).
-_SWAP_NAMES = ["a", "after", "args", "b", "base", "c", "child", "col", "config", "count", "cur",
-               "current", "d", "data", "end", "errors", "files", "first", "i", "index", "item",
-               "j", "k", "key", "last", "line", "lines", "lo", "m", "message", "mode", "n",
-               "name", "names", "new", "node", "other", "p", "path", "prefix", "result", "root",
-               "s", "size", "source", "start", "state", "t", "temp", "text", "token", "u",
-               "user", "v", "value", "values", "w", "x", "y", "z"]
-
 _SWAP_CONDITIONS = ["if {a} > {b}:", "if {b} < {a}:", "if {a} is None:", "if not {b}:",
                     "if len({a}) < len({b}):", "if reverse:", "if {b} is not None:",
                     "if descending:", "if {a} < {b}:", "if swap:"]
 
 
 def _var_swap(rng: random.Random, split: str) -> Pair:
-    a, b = rng.sample(split_half(_SWAP_NAMES, split, "swap-name"), 2)
+    a, b = rng.sample(split_half(SWAP_NAMES, split, "swap-name"), 2)
     pad = indent(rng)
     head = preamble(rng, split, pad)
     setup = rng.choice(["", f"{pad}{a} = {_value(rng, split)}\n{pad}{b} = {_value(rng, split)}\n",
