@@ -6,7 +6,7 @@ import sparsecircuits
 from sparsecircuits.errors import UserError
 from sparsecircuits.train import train
 
-from .conftest import quiet, tiny_config
+from .conftest import TEST_VOCAB, quiet, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def copy_run(run, dest):
 def test_load_returns_model_and_tokenizer(run):
     model, tok = sparsecircuits.load(run)
     assert not model.training
-    assert tok.get_vocab_size() == model.cfg.vocab_size == 512
+    assert tok.get_vocab_size() == model.cfg.vocab_size == TEST_VOCAB
 
 
 def test_missing_run_folder_and_files(run, tmp_path):
@@ -74,9 +74,12 @@ def test_export_writes_a_half_precision_run_that_loads(corpus_dir, tmp_path):
     assert (out / "model.safetensors").stat().st_size < 0.6 * (run / "model.safetensors").stat().st_size
     full, _ = load(run)
     half, _ = load(out)
+    patterned = {st.name for st in full.sparse_tensors()}
+    assert patterned
     for (n, a), (_, b) in zip(full.state_dict().items(), half.state_dict().items()):
         assert b.dtype == torch.float32                       # upcast on load
-        assert torch.equal(a != 0, b != 0), n                 # the sparsity pattern survives
+        if n in patterned:                                    # the sparsity pattern survives
+            assert torch.equal(a != 0, b != 0), n             # (the dense bigram table may round)
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-6), n
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["dtype"] == "float16" and abs(state["val_loss"] - state["val_loss_float32"]) < 0.01
@@ -108,8 +111,8 @@ def test_export_stores_sparse_tensors_as_their_nonzeros(corpus_dir, tmp_path):
     for name in stored:  # only the nonzeros are in the file
         assert name not in raw
         assert raw[name + ".nz_index"].numel() == int((weights[name] != 0).sum())
-    for (n, a), (_, b) in zip(weights.items(), half.state_dict().items()):
-        assert torch.equal(a != 0, b != 0), n
+    for n in stored:
+        assert torch.equal(weights[n] != 0, half.state_dict()[n] != 0), n
     # an index past the end of its tensor: a corrupt file, one clear error
     name = next(iter(stored))
     raw[name + ".nz_index"][0] = 10**9

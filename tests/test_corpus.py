@@ -8,7 +8,7 @@ from sparsecircuits.corpus import Corpus, build_corpus, find_sources
 from sparsecircuits.errors import UserError
 from sparsecircuits.tokenizer import EOT, load_tokenizer, single_token, train_tokenizer
 
-from .conftest import quiet
+from .conftest import TEST_VOCAB, quiet
 
 
 def write_sources(root, n=12):
@@ -89,7 +89,7 @@ def test_default_sources_are_the_standard_library_without_site_packages():
 
 def test_tokenizer_has_the_paper_pretokenizer_and_eot_last(tmp_path, corpus_dir):
     tok = load_tokenizer(corpus_dir)
-    assert tok.get_vocab_size() == 512 and tok.token_to_id(EOT) == 511
+    assert tok.get_vocab_size() == TEST_VOCAB and tok.token_to_id(EOT) == TEST_VOCAB - 1
     # One punctuation char may lead a word; punctuation runs absorb trailing newlines.
     pieces = tok.pre_tokenizer.pre_tokenize_str("x = f(a)]\n")
     assert [p for p, _ in pieces] == ["x", "Ġ=", "Ġf", "(a", ")]Ċ"]
@@ -126,12 +126,12 @@ def test_a_run_with_another_tokenizer_reads_the_default_source_with_its_own(corp
     import time
 
     from sparsecircuits.corpus import _sha256_file, corpus_for_run, open_corpus
-    tok_file = Path(corpus_dir) / "tokenizer.json"  # a 512-token BPE, not the default one
+    tok_file = Path(corpus_dir) / "tokenizer.json"  # a small test BPE, not the default one
     default = open_corpus(None, log=lambda *a: None)
     c = corpus_for_run(None, tok_file, log=lambda *a: None)
     assert c.path != default.path
     assert _sha256_file(c.tokenizer_path) == _sha256_file(tok_file)
-    assert len(c.train) > 1_000_000 and int(c.train.max()) < 512
+    assert len(c.train) > 1_000_000 and int(c.train.max()) < TEST_VOCAB
     t = time.perf_counter()
     assert corpus_for_run(None, tok_file, log=lambda *a: None).path == c.path  # cached
     assert time.perf_counter() - t < 5

@@ -9,7 +9,7 @@ from sparsecircuits.checkpoint import read_trainer_state
 from sparsecircuits.evaluate import evaluate, training_summary
 from sparsecircuits.train import TrainingDiverged, train
 
-from .conftest import quiet, tiny_config
+from .conftest import TEST_VOCAB, quiet, tiny_config
 
 
 class Crash(Exception):
@@ -50,7 +50,7 @@ def test_run_folder_contents_and_final_density(corpus_dir, tmp_path):
               "trainer_state.json", "metrics.jsonl"):
         assert (run / f).is_file(), f
     cfg = sparsecircuits.load_config(run / "config.json")
-    assert cfg.model.vocab_size == 512
+    assert cfg.model.vocab_size == TEST_VOCAB
     report = evaluate(run)
     for t in report.tensors:
         target = 0.25 if t.name.endswith("weight") and "blocks" in t.name else 0.5
