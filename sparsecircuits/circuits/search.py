@@ -219,7 +219,9 @@ def search(model, tok, task: Task | str, targets=(TARGET_LOSS,), cfg: PruneConfi
         if not at:
             circuits[t] = None
             continue
-        best = min(at, key=lambda i: (runs[i].edges[t], runs[i].found[t][1].loss))
+        # the fewest edges, then the fewest nodes (a tie in edges can hide orphan nodes), then loss
+        best = min(at, key=lambda i: (runs[i].edges[t], int(runs[i].found[t][0].sum()),
+                                      runs[i].found[t][1].loss))
         keep, probe = runs[best].found[t]
         prov = dict(provenance or {})
         prov.update(model_hash=model_hash(model),
