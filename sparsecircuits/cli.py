@@ -32,7 +32,7 @@ def _set_overrides(cfg, pairs: list[str]):
 def cmd_corpus_build(a):
     from .corpus import build_corpus
     build_corpus(a.out, a.source, vocab_size=a.vocab_size, val_frac=a.val_frac,
-                 tokenizer=a.tokenizer, force=a.force)
+                 tokenizer=a.tokenizer, generated=a.generated, seed=a.seed, force=a.force)
 
 
 def cmd_train(a):
@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--vocab-size", type=int, default=2048)
     b.add_argument("--val-frac", type=float, default=0.02)
     b.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer.json instead of training")
+    b.add_argument("--generated", type=int, default=0, metavar="N",
+                   help="add N programs of the seeded simple-Python generator beside the "
+                        "sources (default 0)")
+    b.add_argument("--seed", type=int, default=0, help="the generator's seed (default 0)")
     b.add_argument("--force", action="store_true", help="replace DIR if it exists")
     b.set_defaults(fn=cmd_corpus_build)
 
@@ -199,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", metavar="FILE", help="a JSON config file")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable), e.g. train.max_steps=200")
-    t.add_argument("--corpus", metavar="DIR", help="a built corpus folder (default: stdlib corpus)")
+    t.add_argument("--corpus", metavar="DIR", help="a built corpus folder (default: the default corpus)")
     t.add_argument("--out", required=True, metavar="RUN_DIR")
     t.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly")
     t.set_defaults(fn=cmd_train)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .pygen import GENERATOR_VERSION, program
 from .tokenizer import TASK_ANSWERS, eot_id, load_tokenizer, train_tokenizer
 
 MANIFEST_VERSION = 1
@@ -103,13 +104,28 @@ def read_sources(files: list[tuple[Path, str]], val_frac: float):
     return kept, skipped
 
 
+def generated_sources(n: int, seed: int, val_frac: float) -> list[SourceFile]:
+    """`n` programs of the seeded generator (`pygen`) as files `generated/NNNNNN.py`."""
+    out = []
+    for i in range(n):
+        rel = f"generated/{i:06d}.py"
+        text = program(f"{seed}-{i}")
+        raw = text.encode()
+        out.append(SourceFile(rel, text, hashlib.sha256(raw).hexdigest(), len(raw),
+                              split_of(rel, val_frac)))
+    return out
+
+
 def build_corpus(out: str | Path, sources: list[str | Path] | None = None, *,
                  vocab_size: int = 2048, val_frac: float = 0.02, tokenizer: str | Path | None = None,
-                 reserve: tuple[str, ...] = TASK_ANSWERS, force: bool = False, log=print) -> Path:
+                 reserve: tuple[str, ...] = TASK_ANSWERS, generated: int = 0, seed: int = 0,
+                 force: bool = False, log=print) -> Path:
     """Build a corpus folder at `out`; returns its path. Written to a temp folder, then renamed.
 
-    The tokenizer is trained on the train split with `reserve` (by default the task suite's
-    answers) made single tokens, unless an existing `tokenizer` file is given.
+    `generated` adds that many programs of the seeded simple-Python generator (`pygen`, seed
+    `seed`) beside the files of `sources`; they are split into train and val by name like any
+    file. The tokenizer is trained on the train split with `reserve` (by default the task
+    suite's answers) made single tokens, unless an existing `tokenizer` file is given.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
@@ -117,9 +133,16 @@ def build_corpus(out: str | Path, sources: list[str | Path] | None = None, *,
                         "--force to replace it.")
     if not 0 < val_frac < 1:
         raise UserError(f"val_frac={val_frac} must be between 0 and 1.")
+    if generated < 0:
+        raise UserError(f"generated={generated} must be 0 or a positive number of programs.")
     t0 = time.time()
     files = find_sources(sources)
     kept, skipped = read_sources(files, val_frac)
+    if generated:
+        programs = generated_sources(generated, seed, val_frac)
+        kept += programs
+        log(f"generated {generated} programs (seed {seed}, "
+            f"{sum(f.nbytes for f in programs) / 1e6:.1f} MB)")
     if not kept:
         where = ", ".join(str(s) for s in sources) if sources else str(stdlib_dir())
         raise UserError(f"the corpus is empty: no readable UTF-8 .py file under {where}; "
@@ -162,6 +185,8 @@ def build_corpus(out: str | Path, sources: list[str | Path] | None = None, *,
         manifest = dict(
             version=MANIFEST_VERSION,
             sources=[str(s) for s in sources] if sources else [str(stdlib_dir())],
+            generated=dict(programs=generated, seed=seed, version=GENERATOR_VERSION)
+            if generated else None,
             python=sys.version.split()[0], vocab_size=tok.get_vocab_size(), eot_id=eot,
             val_frac=val_frac, reserved=list(reserve) if tokenizer is None else None, totals=totals,
             skipped={k: dict(count=len(v), files=v) for k, v in skipped.items()},

@@ -139,3 +139,15 @@ def test_a_run_with_another_tokenizer_reads_the_default_source_with_its_own(corp
     with pytest.raises(UserError, match="differs from the tokenizer"):
         corpus_for_run(default.path, tok_file)
     assert isinstance(c, Corpus)
+
+
+def test_build_adds_generated_programs_beside_the_sources(tmp_path):
+    src = write_sources(tmp_path / "src")
+    out = build_corpus(tmp_path / "c", [src], vocab_size=300, reserve=(), generated=40, seed=3,
+                       log=quiet)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["generated"]["programs"] == 40 and m["generated"]["seed"] == 3
+    names = [f["path"] for f in m["files"]]
+    assert sum(n.startswith("generated/") for n in names) == 40
+    with pytest.raises(UserError, match="generated=-1"):
+        build_corpus(tmp_path / "d", [src], generated=-1, log=quiet)
