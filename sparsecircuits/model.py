@@ -12,6 +12,10 @@ patching and steering are all hooks; there is no other forward pass.
     blocks.{l}.mlp.out    the MLP's write to the residual stream        (B, T, d_model)
 
 Channel c of head h is index h*d_head + c of q/k/v, the column order of `attn.c_proj`.
+
+The residual stream itself is read (and may be replaced) before each sublayer's RMSNorm, at
+the residual locations `blocks.{l}.resid_pre` (before the attention) and `blocks.{l}.resid_mid`
+(before the MLP): bridges to another model live there, and a pass may start at one of them.
 """
 
 from __future__ import annotations
@@ -87,16 +91,14 @@ class Block(nn.Module):
         self.ln_1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
         self.ln_2, self.mlp = RMSNorm(cfg.d_model), MLP(cfg)
 
-    def forward(self, x, site, pos, norm):
-        def attn_site(kind, t):
-            return site("attn." + kind, t)
+    def sublayer(self, which: str, x, site, pos, norm):
+        """The write of sublayer `which` ("attn" or "mlp") to the residual stream `x`."""
+        def sub_site(kind, t):
+            return site(f"{which}.{kind}", t)
 
-        def mlp_site(kind, t):
-            return site("mlp." + kind, t)
-
-        x = x + self.attn(_with_pos(attn_site("in", self.ln_1(x, norm("ln_1"))), pos), attn_site)
-        x = x + self.mlp(_with_pos(mlp_site("in", self.ln_2(x, norm("ln_2"))), pos), mlp_site)
-        return x
+        ln, layer, ln_name = ((self.ln_1, self.attn, "ln_1") if which == "attn"
+                              else (self.ln_2, self.mlp, "ln_2"))
+        return layer(_with_pos(sub_site("in", ln(x, norm(ln_name))), pos), sub_site)
 
 
 def _with_pos(h, pos):
@@ -124,6 +126,7 @@ class GPT(nn.Module):
                       for kind in SITE_KINDS if cfg.afrac < 1 and kind in cfg.afrac_sites}
         self._hooks: list[Hook] = []
         self._norm_hooks: list[Hook] = []
+        self._resid_hooks: list[Hook] = []
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -187,6 +190,21 @@ class GPT(nn.Module):
             return scale
         return apply
 
+    def resid_names(self) -> list[str]:
+        """The residual locations in the order a pass meets them (2 per layer)."""
+        return [f"blocks.{l}.resid_{half}" for l in range(self.cfg.n_layer) for half in ("pre", "mid")]
+
+    @contextlib.contextmanager
+    def resid_hooks(self, *fns: Hook):
+        """Apply `fn(name, x) -> x` to the residual stream (B, T, d_model) at every residual
+        location (`resid_names`), before the sublayer's RMSNorm reads it, inside the block."""
+        saved = self._resid_hooks
+        self._resid_hooks = saved + list(fns)
+        try:
+            yield self
+        finally:
+            self._resid_hooks = saved
+
     def run_with_cache(self, idx: torch.Tensor, names=None):
         """Logits and a dict of the activations at the given sites (all sites by default)."""
         wanted = set(self.site_names() if names is None else names)
@@ -206,13 +224,21 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, idx: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, at: torch.Tensor | None = None,
+                start: tuple[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits (B, T, vocab); with `at` (B,) positions, only the logits there, (B, vocab):
-        the same pass, minus the unembedding of positions nobody reads (task prompts)."""
+        the same pass, minus the unembedding of positions nobody reads (task prompts).
+
+        `start=(location, x)` begins the pass at a residual location with the residual stream
+        `x` (B, T, d_model) in place of the one the model would have computed there: the
+        sublayers before it are not run (a bridged hybrid pass). `idx` still feeds the bigram.
+        """
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}")
-        x = self.wte(idx)
+        if start is not None and start[0] not in self.resid_names():
+            raise KeyError(f"unknown residual location {start[0]!r}")
+        x = self.wte(idx) if start is None else None
         pos = self.wpe(torch.arange(T, device=idx.device)).unsqueeze(0) if self.wpe else None
         for l, block in enumerate(self.blocks):
             prefix = f"blocks.{l}."
@@ -225,7 +251,18 @@ class GPT(nn.Module):
                     t = fn(prefix + kind, t)
                 return t
 
-            x = block(x, site, pos, lambda kind, prefix=prefix: self._norm_fn(prefix + kind))
+            def norm(kind, prefix=prefix):
+                return self._norm_fn(prefix + kind)
+
+            for which, half in (("attn", "pre"), ("mlp", "mid")):
+                name = f"{prefix}resid_{half}"
+                if start is not None:
+                    if name != start[0]:
+                        continue
+                    x, start = start[1], None
+                for fn in self._resid_hooks:
+                    x = fn(name, x)
+                x = x + block.sublayer(which, x, site, pos, norm)
         if at is not None:
             rows = torch.arange(B, device=idx.device)
             x, idx = x[rows, at].unsqueeze(1), idx[rows, at].unsqueeze(1)
