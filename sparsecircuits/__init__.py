@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from . import circuits
+from .bridges import Steering, steer
 from .checkpoint import load
 from .circuits import Circuit, find_circuit, prune, validate
 from .config import (SITE_KINDS, DataConfig, ModelConfig, RunConfig, SparsityConfig, TrainConfig,
@@ -13,10 +14,10 @@ from .evaluate import evaluate, evaluate_tasks
 from .model import GPT
 from .tasks import PAPER_TASKS, SUITE, Pair, Task, get_task, get_tasks, load_task_file, task_metrics
 from .tokenizer import load_tokenizer, train_tokenizer
-from .train import train
+from .train import bridge, train
 
 __all__ = [
-    "Circuit", "circuits", "find_circuit", "prune", "validate",
+    "Circuit", "Steering", "bridge", "circuits", "steer", "find_circuit", "prune", "validate",
     "GPT", "PAPER_TASKS", "SITE_KINDS", "SUITE", "Corpus", "DataConfig", "ModelConfig", "Pair",
     "RunConfig", "SparsityConfig", "Task", "TrainConfig", "UserError", "build_corpus",
     "config_from_dict", "evaluate", "evaluate_tasks", "get_task", "get_tasks", "load",

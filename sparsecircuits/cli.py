@@ -42,6 +42,8 @@ def cmd_train(a):
         if a.preset or a.config or a.set or a.corpus:
             raise UserError("--resume continues the run saved in --out with its own config; "
                             "drop --preset/--config/--set/--corpus.")
+        if a.bridge_to:
+            raise UserError("--resume continues the run's own bridges; drop --bridge-to.")
         train(None, a.out, resume=True)
         return
     if bool(a.preset) == bool(a.config):
@@ -52,7 +54,17 @@ def cmd_train(a):
         cfg.data.corpus = a.corpus
     if a.set:
         cfg = _set_overrides(cfg, a.set)
-    train(cfg, a.out)
+    train(cfg, a.out, bridge_to=a.bridge_to, kl_sites=a.kl_sites)
+
+
+def cmd_bridge(a):
+    from .train import bridge
+    if a.resume:
+        bridge(None, None, a.out, resume=True)
+    elif not (a.sparse_run and a.dense_run):
+        raise UserError("pass SPARSE_RUN and DENSE_RUN (or --resume with --out of a bridge run).")
+    else:
+        bridge(a.sparse_run, a.dense_run, a.out, steps=a.steps, lr=a.lr, kl_sites=a.kl_sites)
 
 
 def cmd_eval(a):
@@ -147,6 +159,16 @@ def cmd_trace(a):
     print(json.dumps(t.to_dict(), indent=1) if a.json else t.format())
 
 
+def cmd_steer(a):
+    from .bridges import steer
+    result = steer(a.run_dir, a.circuit, a.node, a.prompt, a.counterfactual,
+                   strengths=a.strengths, answers=tuple(a.answers) if a.answers else None,
+                   n_random=a.random, seed=a.seed, out=a.out)
+    print(json.dumps(result.to_dict(), indent=1) if a.json else result.format())
+    if a.out:
+        print(f"\nwrote {a.out}/steer.json, steer.png, steer.svg and steer.md")
+
+
 def cmd_compare(a):
     from .study import compare, format_summary
     result = compare(a.sparse_run, a.dense_run, tasks=a.tasks, targets=a.targets, out=a.out,
@@ -206,7 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--corpus", metavar="DIR", help="a built corpus folder (default: the default corpus)")
     t.add_argument("--out", required=True, metavar="RUN_DIR")
     t.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR exactly")
+    t.add_argument("--bridge-to", metavar="DENSE_RUN",
+                   help="train bridges to this frozen dense run (same tokenizer and depth) "
+                        "beside the sparse model")
+    t.add_argument("--kl-sites", type=int, default=0, metavar="K",
+                   help="with --bridge-to: hybrid passes per step and direction, K locations "
+                        "drawn per step (default 0: every location)")
     t.set_defaults(fn=cmd_train)
+
+    b = sub.add_parser("bridge", help="train bridges between two finished runs, both frozen")
+    b.add_argument("sparse_run", nargs="?", metavar="SPARSE_RUN")
+    b.add_argument("dense_run", nargs="?", metavar="DENSE_RUN")
+    b.add_argument("--out", required=True, metavar="DIR",
+                   help="a new run folder: the sparse run with its bridges")
+    b.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
+    b.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
+    b.add_argument("--kl-sites", type=int, default=0, metavar="K",
+                   help="hybrid passes per step and direction, K locations drawn per step "
+                        "(default 0: every location)")
+    b.add_argument("--resume", action="store_true", help="continue the bridges in --out")
+    b.set_defaults(fn=cmd_bridge)
 
     e = sub.add_parser("eval", help="val loss, sparsity and training summary of a run; with "
                        "--tasks, per-task loss and accuracy")
@@ -295,6 +336,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the two answers compared (default: the circuit's task's)")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(fn=cmd_trace)
+
+    st = sub.add_parser("steer", help="push a dense model through a sparse circuit's node, "
+                        "across a bridge")
+    st.add_argument("run_dir", metavar="BRIDGED_RUN")
+    st.add_argument("--circuit", required=True, metavar="CIRCUIT.json",
+                    help="a circuit of the bridged run's sparse model")
+    st.add_argument("--node", required=True, help="a node of the circuit at attn.in or mlp.in, "
+                    "e.g. 'blocks.1.mlp.in[17]'")
+    st.add_argument("--prompt", required=True, help="the text the dense model reads")
+    st.add_argument("--counterfactual", required=True,
+                    help="the same text changed where the node should see the difference "
+                         "(as many tokens)")
+    st.add_argument("--strengths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                    metavar="S", help="strengths in [0, 1] (default 0 0.25 0.5 0.75 1)")
+    st.add_argument("--answers", nargs=2, metavar=("A", "B"),
+                    help="the two answers (default: the circuit's task's)")
+    st.add_argument("--random", type=int, default=20, metavar="N",
+                    help="random directions of the same norm to compare with (default 20)")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--out", metavar="DIR", help="write steer.json, .png, .svg and .md here")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_steer)
 
     cp = sub.add_parser("compare", help="circuit sizes of a sparse and a dense model across "
                         "target losses")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .bridges import evaluate_bridges, has_bridges, load_bridges, load_dense
 from .checkpoint import load, read_run_config
 from .config import SITE_KINDS
 from .corpus import corpus_for_run
@@ -38,6 +39,7 @@ class EvalReport:
     tensors: list[TensorStats] = field(default_factory=list)
     activation_density: dict[str, float] = field(default_factory=dict)  # per site kind
     training: dict = field(default_factory=dict)  # steps, tokens, wall time, tokens/s (metrics.jsonl)
+    bridges: dict = field(default_factory=dict)   # a bridged run: its bridges, measured here
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,12 +56,41 @@ class EvalReport:
             lines.append(f"{t.name:<28} {shape:>12} {t.nonzero:>9,} {t.density:>8.4f} {floor:>10}")
         lines += ["", "activation density (fraction of nonzero entries per token vector)"]
         lines += [f"  {k:<12} {v:.4f}" for k, v in self.activation_density.items()]
+        if self.bridges:
+            lines += ["", *format_bridges(self.bridges)]
         if self.training:
             t = self.training
             lines.insert(3, f"training       {t['steps']:,} steps, {t['tokens']:,} tokens in "
                             f"{t['elapsed_s'] / 60:.1f} min; median {t['median_tokens_per_s']:,.0f} "
                             "tokens/s")
         return "\n".join(lines)
+
+
+def format_bridges(b: dict) -> list[str]:
+    """The bridges' table: per residual location, NMSE both ways, the CE of both hybrid paths
+    (dense prefix -> encoder -> sparse suffix, and sparse prefix -> decoder -> dense suffix)
+    and the fraction of loss each recovers (see `bridges.evaluate_bridges`)."""
+    m = b["eval"]
+    lines = [f"bridges        to {b['dense_run']} ({b['dense_hash']}); "
+             + ("both models frozen" if b["frozen"] else "trained with the model")
+             + f", {b['step']:,} steps",
+             f"               CE on these windows: sparse {m['ce_sparse']:.4f}, dense "
+             f"{m['ce_dense']:.4f}",
+             f"  {'location':<20} {'NMSE d->s':>9} {'NMSE s->d':>9} {'CE d->s':>8} "
+             f"{'CE s->d':>8} {'rec d->s':>8} {'rec s->d':>8}"]
+
+    def pct(v):
+        return "-" if v is None else f"{v:.1%}"
+    for loc, r in m["locations"].items():
+        lines.append(f"  {loc:<20} {r['nmse_enc']:>9.3f} {r['nmse_dec']:>9.3f} {r['ce_enc']:>8.4f} "
+                     f"{r['ce_dec']:>8.4f} {pct(r['recovered_enc']):>8} "
+                     f"{pct(r['recovered_dec']):>8}")
+    lines += ["  d->s: the dense model's residual, encoded, runs the sparse model's rest; s->d: "
+              "the reverse.",
+              "  rec: the fraction of the loss gap between that suffix with its residual "
+              "mean-ablated",
+              "  and its own pass that the bridged residual closes."]
+    return lines
 
 
 def tensor_stats(model) -> list[TensorStats]:
@@ -151,6 +182,13 @@ def evaluate(run_dir: str | Path, *, batches: int | None = None,
     n = (batches or cfg.train.eval_batches) * cfg.train.batch_size
     windows = val_windows(corpus.val, n, cfg.model.block_size)
     stats = tensor_stats(model)
+    bridged = {}
+    if has_bridges(run_dir):
+        bridges, bcfg = load_bridges(run_dir, model)
+        dense = load_dense(bcfg, model)
+        bridged = dict(dense_run=bcfg.dense_run, dense_hash=bcfg.dense_hash, frozen=bcfg.frozen,
+                       step=bcfg.step,
+                       eval=evaluate_bridges(model, dense, bridges, windows, cfg.train.batch_size))
     return EvalReport(
         run=str(run_dir),
         val_loss=val_loss(model, windows, cfg.train.batch_size, "cpu"),
@@ -161,4 +199,5 @@ def evaluate(run_dir: str | Path, *, batches: int | None = None,
         tensors=stats,
         activation_density=activation_density(model, windows[: 4 * cfg.train.batch_size]),
         training=training_summary(run_dir),
+        bridges=bridged,
     )

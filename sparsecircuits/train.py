@@ -3,6 +3,11 @@
 One step:   loss = CE(model(x), y); backward; g /= rms(g) + 1e-5; Adam step (dense)
             project every sparse tensor onto its scheduled top-k; p -= wd * lr * p (matrices)
 
+A bridged run (`bridge_to`) adds the bridges' losses to a frozen dense model
+(`bridges.core.bridged_loss`) and trains the bridges beside the model, in their own parameter
+group (each group's gradient is RMS-normalised on its own); `frozen_from` trains the bridges
+alone, between a finished sparse run (its weights, frozen) and the dense one.
+
 The batch of step t is a pure function of (seed, t), so `--resume` replays the exact data
 order with no RNG state to carry; with Adam moments restored, a resumed run reproduces the
 uninterrupted one bit for bit on the same machine.
@@ -23,10 +28,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import (atomic_write, atomic_write_text, load_optimizer, load_weights, read_run_config,
-                         read_trainer_state, save_checkpoint)
+from .bridges.core import (BridgeConfig, Bridges, bridged_loss, check_pair, evaluate_bridges,
+                           kl_locations, residual_rms, ridge_init)
+from .bridges.store import (has_bridges, load_bridge_moments, load_bridges, load_dense,
+                            read_bridge_config, save_bridges)
+from .checkpoint import (atomic_write, atomic_write_text, load, load_optimizer, load_weights,
+                         read_run_config, read_trainer_state, save_checkpoint)
+from .circuits.ablation import model_hash
 from .config import RunConfig, TrainConfig
-from .corpus import open_corpus
+from .corpus import corpus_for_run, open_corpus
 from .errors import UserError
 from .memory import keep_freed_memory
 from .model import GPT
@@ -112,11 +122,16 @@ def _dist_info():
     return world, rank, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=print,
-          on_step=None) -> Path:
+def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
+          bridge_to: str | Path | None = None, frozen_from: str | Path | None = None,
+          kl_sites: int = 0, log=print, on_step=None) -> Path:
     """Train a model into the run folder `out`; returns the folder.
 
-    `resume=True` continues the run saved in `out` (its own config; `cfg` must be None).
+    `resume=True` continues the run saved in `out` (its own config; `cfg` must be None), its
+    bridges too if it has them. `bridge_to` trains bridges to that dense run beside the model;
+    with `frozen_from` (a sparse run of the same config) the model is that run's, frozen, and
+    only the bridges train, from the ridge regression between the two models' residuals.
+    `kl_sites` > 0 runs that many hybrid passes per step and direction instead of all.
     `on_step(step)` is called after every completed step (used by tests to interrupt a run).
     Launch with `torchrun --nproc_per_node N -m sparsecircuits train ...` for data parallelism.
     """
@@ -135,6 +150,9 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
         cfg.validate()
         state = dict(step=0, tokens=0)
     tc = cfg.train
+    bridged = bridge_to is not None or (resume and has_bridges(out))
+    if bridged and world > 1:
+        raise UserError("bridged training runs in one process; launch it without torchrun.")
     if tc.batch_size % world:
         raise UserError(f"train.batch_size={tc.batch_size} is not divisible by the "
                         f"{world} processes; choose a multiple of {world}.")
@@ -167,9 +185,26 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
     torch.manual_seed(tc.seed)  # the initial weights are a function of the seed
     model = GPT(cfg.model).to(device)
     sparsifier = WeightSparsifier(model.sparse_tensors(), cfg.sparsity)  # checks the budget
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2),
-                                 eps=tc.eps, weight_decay=0.0)
-    decay = model.decay_params()
+    bridges = bcfg = dense = None
+    if bridged:
+        bridges, bcfg, dense = _open_bridges(out, resume, bridge_to, frozen_from, kl_sites,
+                                             model, corpus, device)
+    frozen = bcfg is not None and bcfg.frozen
+    if frozen and not resume:
+        corpus.check_tokenizer(Path(frozen_from) / "tokenizer.json")
+        load_weights(Path(frozen_from), model)
+        say("fitting the bridges by ridge regression ...")
+        ridge_init(bridges, model, dense,
+                   val_windows(corpus.train, 4 * tc.batch_size, cfg.model.block_size).to(device))
+    groups = [] if frozen else [dict(params=list(model.parameters()))]
+    if bridges is not None:
+        groups.append(dict(params=list(bridges.parameters())))
+    if frozen:
+        model.requires_grad_(False)
+        sparsifier = None
+    optimizer = torch.optim.Adam(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps,
+                                 weight_decay=0.0)
+    decay = [] if frozen else model.decay_params()
     if not resume and main:  # only once the config has proved buildable
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=1))
@@ -181,9 +216,13 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
             raise UserError(f"the checkpoint in {out} is inconsistent (model step {meta.get('step')},"
                             f" optimizer step {opt_step}, trainer step {state['step']}), probably "
                             "from an interrupted write; start a new run.")
+        if bridges is not None:
+            saved, _ = load_bridges(out, model)
+            bridges.load_state_dict(saved.state_dict())
+            load_bridge_moments(out, bridges, optimizer, state["step"])
         _trim_metrics(out / "metrics.jsonl", state["step"])
         say(f"resuming {out} at step {state['step']}")
-    elif not cfg.sparsity.is_dense:
+    elif not cfg.sparsity.is_dense and not frozen:
         sparsifier.project(0.0)  # a no-op unless the anneal starts at 0
 
     net = model
@@ -200,6 +239,15 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
         f"{n_params / 1e6:.2f}M parameters; target density {cfg.sparsity.weight_density:g} "
         f"(matrices) / {cfg.sparsity.other_density:g} (embeddings, biases); "
         f"afrac {cfg.model.afrac:g}; {tc.max_steps} steps of {tokens_per_step} tokens on {device}")
+    if bridges is not None:
+        say(f"bridged to {bcfg.dense_run} (d_model {dense.cfg.d_model}) at "
+            f"{len(bridges.locations)} residual locations; "
+            + ("the model is frozen, only the bridges train" if frozen else
+               "the model and its bridges train together"))
+    # reads `step` when called: the hybrid passes of the step being taken
+    loss_fn = None if bridges is None else (lambda x, y: bridged_loss(
+        model, dense, bridges, x, y, bcfg,
+        kl_locations(len(bridges.locations), bcfg, tc.seed, step)))
     metrics = open(out / "metrics.jsonl", "a") if main else None
     progress = Progress(tc.max_steps) if main else None
     step, t_start, last_val = state["step"], time.time(), state.get("val_loss")
@@ -208,15 +256,15 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
         model.train()
         while step < tc.max_steps:
             frac = step / tc.max_steps
-            factor = sharkfin_factor(frac, cfg.sparsity) if tc.sharkfin else 1.0
+            factor = sharkfin_factor(frac, cfg.sparsity) if tc.sharkfin and not frozen else 1.0
             lr = lr_at(step, tc.max_steps, tc.lr, tc.warmup_frac, factor)
             x, y = batch_at(corpus.train, step, tc.seed, tc.batch_size, cfg.model.block_size,
                             rank, world)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             try:
-                loss_value = training_step(net, optimizer, sparsifier, decay, x, y, lr=lr,
-                                           next_frac=(step + 1) / tc.max_steps, tc=tc,
-                                           autocast=autocast)
+                loss_value, parts = training_step(
+                    net, optimizer, sparsifier, decay, x, y, lr=lr,
+                    next_frac=(step + 1) / tc.max_steps, tc=tc, autocast=autocast, loss_fn=loss_fn)
             except NonFiniteLoss as e:
                 raise TrainingDiverged(
                     f"the loss became {e} at step {step}; stopped, and the last good "
@@ -230,10 +278,11 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
             if main and (step % tc.log_every == 0 or step == tc.max_steps):
                 now = time.time()
                 tps = window_tokens / max(now - window_t, 1e-9)
-                dens = sparsifier.densities(step / tc.max_steps)
+                dens = (sparsifier.densities(step / tc.max_steps) if sparsifier is not None
+                        else dict(matrix=cfg.sparsity.weight_density, other=cfg.sparsity.other_density))
                 row = dict(step=step, tokens=state["tokens"], loss=loss_value, lr=lr,
                            density=dens["matrix"], density_other=dens["other"],
-                           tokens_per_s=tps, elapsed_s=now - t_start)
+                           tokens_per_s=tps, elapsed_s=now - t_start, **parts)
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
                 progress.update(step, f"loss {loss_value:.3f} | {tps / 1e3:.1f}k tok/s | "
@@ -252,6 +301,14 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
                     raise TrainingDiverged(
                         f"the weights became non-finite at step {step}; stopped, and the last "
                         f"good checkpoint is kept in {out}; lower train.lr and start a new run.")
+                if bridges is not None:  # before the trainer state, which commits the step
+                    bcfg.step = step
+                    if step == tc.max_steps:
+                        say("measuring the bridges on the val split ...")
+                        bcfg.eval = evaluate_bridges(model, dense, bridges, val, tc.batch_size)
+                        bcfg.rms = dict(sparse=residual_rms(model, val, tc.batch_size),
+                                        dense=residual_rms(dense, val, tc.batch_size))
+                    save_bridges(out, bridges, optimizer, bcfg, model)
                 save_checkpoint(out, model, optimizer, dict(state), cfg)
             if on_step is not None:
                 on_step(step)
@@ -265,6 +322,23 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False, log=p
     say(f"done: {step} steps, val loss {last_val:.4f}, in {_hms(time.time() - t_start)}; "
         f"run saved in {out}")
     return out
+
+
+def bridge(sparse_run: str | Path, dense_run: str | Path, out: str | Path, *,
+           steps: int = 1000, lr: float = 3e-3, kl_sites: int = 0, resume: bool = False,
+           log=print) -> Path:
+    """Bridges between two finished runs, both frozen: `out` becomes a copy of the sparse run
+    with `bridges.safetensors` beside it, trained for `steps` steps of the sparse run's batch
+    on its corpus (warmup, then linear decay from `lr`). `resume=True` continues `out`."""
+    if resume:
+        return train(None, out, resume=True, log=log)
+    cfg = read_run_config(sparse_run)
+    # the corpus the sparse run reads (a shipped run: the default source in its own tokens)
+    cfg.data.corpus = str(corpus_for_run(cfg.data.corpus, Path(sparse_run) / "tokenizer.json",
+                                         log=log).path)
+    cfg.train.max_steps, cfg.train.lr = steps, lr
+    cfg.train.eval_every = cfg.train.checkpoint_every = max(1, min(cfg.train.checkpoint_every, steps))
+    return train(cfg, out, bridge_to=dense_run, frozen_from=sparse_run, kl_sites=kl_sites, log=log)
 
 
 def _mean_over_processes(t: torch.Tensor) -> float:
@@ -281,33 +355,64 @@ class NonFiniteLoss(Exception):
 
 
 def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_frac: float,
-                  tc: TrainConfig, autocast=None) -> float:
-    """One full step: forward, backward, RMS-normalise, Adam, project, decay. Returns the loss.
+                  tc: TrainConfig, autocast=None, loss_fn=None) -> tuple[float, dict]:
+    """One full step: forward, backward, RMS-normalise, Adam, project, decay. Returns the loss
+    and its parts (`loss_fn(x, y) -> (loss, parts)`; default: the model's cross-entropy).
 
     Raises NonFiniteLoss before touching any weight if the loss is NaN or infinite.
+    `sparsifier=None` projects nothing (a frozen model).
     """
     with autocast or contextlib.nullcontext():
-        logits = net(x)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        if loss_fn is None:
+            logits = net(x)
+            loss, parts = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), {}
+        else:
+            loss, parts = loss_fn(x, y)
     loss_value = _mean_over_processes(loss.detach())  # every process then stops together
     if not math.isfinite(loss_value):
         raise NonFiniteLoss(loss_value)
     loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    grads = [p.grad for p in params if p.grad is not None]
-    if tc.grad_rms_norm:
-        n = sum(p.numel() for p in params)
-        sq = torch.stack(torch._foreach_norm(grads)).square().sum()
-        torch._foreach_div_(grads, (sq / n).sqrt() + 1e-5)
     for group in optimizer.param_groups:
+        grads = [p.grad for p in group["params"] if p.grad is not None]
+        if tc.grad_rms_norm and grads:
+            n = sum(p.numel() for p in group["params"])
+            sq = torch.stack(torch._foreach_norm(grads)).square().sum()
+            torch._foreach_div_(grads, (sq / n).sqrt() + 1e-5)
         group["lr"] = lr
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    sparsifier.project(next_frac)  # the density the next step runs at
-    if tc.weight_decay:
+    if sparsifier is not None:
+        sparsifier.project(next_frac)  # the density the next step runs at
+    if tc.weight_decay and decay:
         with torch.no_grad():  # decoupled decay, after the projection (zeros stay zero)
             torch._foreach_mul_(decay, 1.0 - tc.weight_decay * lr)
-    return loss_value
+    return loss_value, parts
+
+
+def _open_bridges(out: Path, resume: bool, bridge_to, frozen_from, kl_sites: int, model: GPT,
+                  corpus, device):
+    """(bridges, their config, the frozen dense model) of a bridged run, new or resumed."""
+    if resume:
+        bcfg = read_bridge_config(out)
+        dense = load_dense(bcfg)
+    else:
+        dense_run = Path(bridge_to)
+        dense, _ = load(dense_run)
+        dense.requires_grad_(False)
+        try:
+            corpus.check_tokenizer(dense_run / "tokenizer.json")
+        except UserError:
+            raise UserError(f"the dense run {dense_run} was trained with another tokenizer than "
+                            f"the corpus {corpus.path}; bridge models that share a tokenizer "
+                            "(train the sparse model on the dense run's corpus).") from None
+        if kl_sites < 0:
+            raise UserError(f"--kl-sites {kl_sites} must be 0 (every location) or more.")
+        bcfg = BridgeConfig(dense_run=str(dense_run.resolve()), dense_hash=model_hash(dense),
+                            frozen=frozen_from is not None, kl_sites=kl_sites)
+    check_pair(model, dense)
+    dense.to(device)
+    bridges = Bridges(model.resid_names(), model.cfg.d_model, dense.cfg.d_model, bcfg.afrac)
+    return bridges.to(device), bcfg, dense
 
 
 def _trim_metrics(path: Path, step: int) -> None:

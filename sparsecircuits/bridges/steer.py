@@ -1,0 +1,234 @@
+"""Steer a dense model through a node of a sparse model's circuit (PAPER.md section 11).
+
+A circuit node at a residual read (`blocks.{l}.attn.in` or `blocks.{l}.mlp.in`, channel c) is a
+channel of the sparse model's residual stream. The decoder at that location maps it to a
+direction in the dense model's residual stream. The intervention acts on the dense model's
+next post-norm read, the same site: at every token t it adds
+
+    s * delta_t * v,   delta_t = act_c(counterfactual)_t - act_c(prompt)_t  (sparse model)
+                       v = dec[:, c] * (rms_sparse / rms_dense) * gain_dense / gain_sparse[c]
+
+for strengths s in [0, 1]. A post-norm value is the residual over its RMS times the norm's
+gain, so v carries a change of the sparse post-norm channel into the dense post-norm read
+(rms: the mean RMS of each model's residual there on the val split, stored with the bridges).
+The same sweep along random directions of the same norm is the control: a node that matters
+moves the answer further than almost all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import atomic_write, atomic_write_text, load, output_dir
+from ..circuits.circuit import Circuit
+from ..circuits.nodes import NodeId
+from ..errors import UserError
+from ..tasks import get_task
+from ..tasks.core import answer_ids
+from .store import load_bridges, load_dense
+
+STEERABLE = {"attn.in": ("resid_pre", "ln_1"), "mlp.in": ("resid_mid", "ln_2")}
+DEFAULT_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class Steering:
+    node: str
+    prompt: str
+    counterfactual: str
+    answers: tuple[str, str]
+    target: str                      # the answer the dense model gives on the counterfactual
+    strengths: list[float]
+    p_steered: dict[str, list[float]]        # answer -> P(answer) at each strength
+    p_random: list[dict[str, list[float]]]   # the same, for each random direction
+    p_counterfactual: dict[str, float]       # the dense model's own P on the counterfactual
+    direction_norm: float
+    moved: float                     # P(target) at the largest strength minus at 0
+    random_as_far: int               # random directions that move P(target) at least as far
+    dense_run: str
+    dense_hash: str
+    sparse_hash: str
+    seed: int
+
+    @property
+    def n_random(self) -> int:
+        return len(self.p_random)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        s = self.strengths[-1]
+        p0, p1 = self.p_steered[self.target][0], self.p_steered[self.target][-1]
+        band = sorted(r[self.target][-1] for r in self.p_random)
+        return (f"steering {self.node} at strength {s:g} moves the dense model's P({self.target!r}) "
+                f"from {p0:.3g} to {p1:.3g} ({self.moved:+.3g}; on the counterfactual itself it is "
+                f"{self.p_counterfactual[self.target]:.3g}); random directions of the same "
+                f"norm end between {band[0]:.3g} and {band[-1]:.3g}, and {self.random_as_far} of "
+                f"{self.n_random} move it as far.")
+
+    def format(self) -> str:
+        a, b = self.answers
+        lines = [f"node {self.node}; prompt {self.prompt!r}; counterfactual "
+                 f"{self.counterfactual!r}", "",
+                 f"  {'strength':>8} {'P(' + repr(a) + ')':>10} {'P(' + repr(b) + ')':>10} "
+                 f"{'random P(' + repr(self.target) + ')':>24}"]
+        for j, s in enumerate(self.strengths):
+            rnd = sorted(r[self.target][j] for r in self.p_random)
+            lines.append(f"  {s:>8.2f} {self.p_steered[a][j]:>10.4f} {self.p_steered[b][j]:>10.4f} "
+                         f"{rnd[0]:>11.4f} .. {rnd[-1]:.4f}")
+        return "\n".join(lines + ["", self.summary()])
+
+    def markdown(self, image: str | None = None) -> str:
+        """A report section."""
+        a, b = self.answers
+        rows = "\n".join(
+            f"| {s:g} | {self.p_steered[a][j]:.4f} | {self.p_steered[b][j]:.4f} | "
+            f"{min(r[self.target][j] for r in self.p_random):.4f} - "
+            f"{max(r[self.target][j] for r in self.p_random):.4f} |"
+            for j, s in enumerate(self.strengths))
+        return "\n".join([
+            f"## Steering the dense model through {self.node}", "",
+            f"Prompt `{self.prompt!r}`, counterfactual `{self.counterfactual!r}`; dense run "
+            f"`{self.dense_run}` ({self.dense_hash}), sparse model {self.sparse_hash}, "
+            f"{self.n_random} random directions (seed {self.seed}).", "",
+            self.summary(), "",
+            f"| strength | P({a!r}) | P({b!r}) | random directions: P({self.target!r}) |",
+            "| --- | --- | --- | --- |", rows, ""]
+            + ([f"![steering sweep]({image})", ""] if image else []))
+
+    def plot(self, path: str | Path) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for r in self.p_random:
+            ax.plot(self.strengths, r[self.target], color="0.75", lw=0.8, zorder=1)
+        ax.plot([], [], color="0.75", lw=0.8, label=f"{self.n_random} random directions")
+        ax.plot(self.strengths, self.p_steered[self.target], "o-", color="C3", lw=2, zorder=2,
+                label=f"along {self.node}")
+        ax.set_xlabel("strength s")
+        ax.set_ylabel(f"dense P({self.target!r})")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(loc="best", fontsize=8, frameon=False)
+        ax.set_title("steering the dense model through the bridge", fontsize=9)
+        fig.tight_layout()
+        path = Path(path)
+        atomic_write(path, lambda t: fig.savefig(t, format=path.suffix[1:] or "png", dpi=150))
+        plt.close(fig)
+
+
+def parse_node(text: str) -> NodeId:
+    m = re.fullmatch(r"(blocks\.\d+\.[a-z]+\.[a-z]+)\[(\d+)\]", text.strip())
+    if not m:
+        raise UserError(f"--node {text!r} is not a node name; write it as the circuit names it, "
+                        "e.g. 'blocks.1.mlp.in[17]'.")
+    return NodeId(m.group(1), int(m.group(2)))
+
+
+def steering_vector(model, dense, bridges, cfg, node: NodeId) -> torch.Tensor:
+    """The dense post-norm direction that one unit of the sparse node's activation maps to."""
+    layer, kind = node.site.split(".", 2)[1], node.site.split(".", 2)[2]
+    half, ln = STEERABLE[kind]
+    loc = f"blocks.{layer}.{half}"
+    if not cfg.rms:
+        raise UserError("the bridges have no RMS calibration (their training did not finish); "
+                        "resume it with `sparsecircuits train --out RUN --resume`.")
+    i = bridges.locations.index(loc)
+    gain_s = getattr(model.blocks[int(layer)], ln).weight[node.index].item()
+    if gain_s == 0:
+        raise UserError(f"{node} has a norm gain of 0 in the sparse model, so it never carries a "
+                        "value; choose another node.")
+    gain_d = getattr(dense.blocks[int(layer)], ln).weight
+    scale = cfg.rms["sparse"][loc] / cfg.rms["dense"][loc]
+    return (bridges.dec[i].weight[:, node.index] * scale * gain_d / gain_s).detach()
+
+
+def steered_logits(dense, idx: torch.Tensor, site: str, delta: torch.Tensor, v: torch.Tensor,
+                   s: float) -> torch.Tensor:
+    """The dense model's last-token logits with s * delta_t * v added at `site` at every token."""
+    push = (s * delta)[None, :, None] * v[None, None, :]
+
+    def add(name, x):
+        return x + push if name == site else x
+
+    with dense.hooks(add):
+        return dense(idx)[0, -1].float()
+
+
+@torch.no_grad()
+def steer(run_dir: str | Path, circuit: str | Path, node: str, prompt: str, counterfactual: str,
+          *, strengths=DEFAULT_STRENGTHS, answers: tuple[str, str] | None = None,
+          n_random: int = 20, seed: int = 0, out: str | Path | None = None) -> Steering:
+    """Sweep the strength of the intervention through `node` of `circuit` (a circuit of the
+    bridged run's sparse model) on the dense model; writes steer.json/.png/.svg/.md to `out`."""
+    strengths = sorted(float(s) for s in strengths)
+    if not strengths or strengths[0] < 0 or strengths[-1] > 1:
+        raise UserError(f"--strengths {strengths} must lie in [0, 1].")
+    if n_random < 1:
+        raise UserError(f"--random {n_random} must be at least 1.")
+    model, tok = load(run_dir)
+    bridges, cfg = load_bridges(run_dir, model)
+    dense = load_dense(cfg, model)
+    circ = Circuit.load(circuit)
+    circ.check_model(model)
+    nid = parse_node(node)
+    kind = nid.site.split(".", 2)[2] if nid.site.count(".") >= 2 else ""
+    if kind not in STEERABLE:
+        raise UserError(f"{nid} is not at a residual read; steer a node at attn.in or mlp.in, "
+                        "whose channel the bridges map into the dense model.")
+    if nid.index not in circ.nodes.get(nid.site, []):
+        options = [str(n) for n in circ.node_ids() if n.site.split(".", 2)[2] in STEERABLE]
+        raise UserError(f"{nid} is not in the circuit {circuit}; its steerable nodes are "
+                        f"{', '.join(options[:8]) or 'none'}{' ...' if len(options) > 8 else ''}.")
+    if answers is None:
+        pair = get_task(circ.task_ref).pairs(1, "test", seed=0)[0]
+        answers = (pair.target, pair.alt)
+    ids = answer_ids(tok, circ.task, *answers)
+    enc = [tok.encode(t, add_special_tokens=False).ids for t in (prompt, counterfactual)]
+    if not prompt or not counterfactual:
+        raise UserError("--prompt and --counterfactual must both be non-empty.")
+    if len(enc[0]) != len(enc[1]):
+        raise UserError(f"the prompt is {len(enc[0])} tokens and the counterfactual "
+                        f"{len(enc[1])}; the intervention pairs them token by token, so give a "
+                        "counterfactual of the same length in tokens.")
+    if len(enc[0]) > model.cfg.block_size:
+        raise UserError(f"the prompt is {len(enc[0])} tokens, over the model's block size "
+                        f"{model.cfg.block_size}; shorten it.")
+    idx, idx_cf = (torch.tensor([e]) for e in enc)
+    _, c0 = model.run_with_cache(idx, names=[nid.site])
+    _, c1 = model.run_with_cache(idx_cf, names=[nid.site])
+    delta = (c1[nid.site][0, :, nid.index] - c0[nid.site][0, :, nid.index]).float()
+    v = steering_vector(model, dense, bridges, cfg, nid)
+    z_cf = dense(idx_cf)[0, -1].float()
+    target = answers[0] if z_cf[ids[0]] >= z_cf[ids[1]] else answers[1]
+    p_cf = {a: round(float(z_cf.softmax(-1)[i]), 6) for a, i in zip(answers, ids)}
+
+    def sweep(direction):
+        ps = [steered_logits(dense, idx, nid.site, delta, direction, s).softmax(-1)
+              for s in strengths]
+        return {a: [round(float(p[i]), 6) for p in ps] for a, i in zip(answers, ids)}
+
+    steered = sweep(v)
+    g = torch.Generator().manual_seed(seed)
+    randoms = []
+    for _ in range(n_random):
+        u = torch.randn(v.shape, generator=g)
+        randoms.append(sweep(u * (v.norm() / u.norm())))
+    moved = steered[target][-1] - steered[target][0]
+    as_far = sum(r[target][-1] - r[target][0] >= moved for r in randoms)
+    result = Steering(str(nid), prompt, counterfactual, tuple(answers), target, strengths, steered,
+                      randoms, p_cf, round(float(v.norm()), 6), round(moved, 6), int(as_far),
+                      cfg.dense_run, cfg.dense_hash, cfg.sparse_hash, seed)
+    if out is not None:
+        out = output_dir(out)
+        atomic_write_text(out / "steer.json", json.dumps(result.to_dict(), indent=1))
+        result.plot(out / "steer.png")
+        result.plot(out / "steer.svg")
+        atomic_write_text(out / "steer.md", result.markdown("steer.png"))
+    return result
