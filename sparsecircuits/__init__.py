@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from . import circuits
-from .bridges import Steering, steer
+from .bridges import Steering, steer, steer_pairs
 from .checkpoint import load
 from .circuits import Circuit, find_circuit, prune, validate
 from .config import (SITE_KINDS, DataConfig, ModelConfig, RunConfig, SparsityConfig, TrainConfig,
@@ -17,7 +17,8 @@ from .tokenizer import load_tokenizer, train_tokenizer
 from .train import bridge, train
 
 __all__ = [
-    "Circuit", "Steering", "bridge", "circuits", "steer", "find_circuit", "prune", "validate",
+    "Circuit", "circuits", "find_circuit", "prune", "validate",
+    "Steering", "bridge", "steer", "steer_pairs",
     "GPT", "PAPER_TASKS", "SITE_KINDS", "SUITE", "Corpus", "DataConfig", "ModelConfig", "Pair",
     "RunConfig", "SparsityConfig", "Task", "TrainConfig", "UserError", "build_corpus",
     "config_from_dict", "evaluate", "evaluate_tasks", "get_task", "get_tasks", "load",

@@ -160,10 +160,20 @@ def cmd_trace(a):
 
 
 def cmd_steer(a):
-    from .bridges import steer
-    result = steer(a.run_dir, a.circuit, a.node, a.prompt, a.counterfactual,
-                   strengths=a.strengths, answers=tuple(a.answers) if a.answers else None,
-                   n_random=a.random, seed=a.seed, out=a.out)
+    from .bridges import steer, steer_pairs
+    if a.pairs:
+        if a.prompt or a.counterfactual or a.answers:
+            raise UserError("--pairs takes its prompts and answers from the circuit's task; "
+                            "drop --prompt, --counterfactual and --answers, or drop --pairs.")
+        result = steer_pairs(a.run_dir, a.circuit, a.node, n=a.pairs, split=a.split,
+                             strengths=a.strengths, n_random=a.random, seed=a.seed, out=a.out)
+    elif a.prompt is None or a.counterfactual is None:
+        raise UserError("pass --prompt and --counterfactual, or --pairs N to steer on the "
+                        "circuit's task.")
+    else:
+        result = steer(a.run_dir, a.circuit, a.node, a.prompt, a.counterfactual,
+                       strengths=a.strengths, answers=tuple(a.answers) if a.answers else None,
+                       n_random=a.random, seed=a.seed, out=a.out)
     print(json.dumps(result.to_dict(), indent=1) if a.json else result.format())
     if a.out:
         print(f"\nwrote {a.out}/steer.json, steer.png, steer.svg and steer.md")
@@ -344,10 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a circuit of the bridged run's sparse model")
     st.add_argument("--node", required=True, help="a node of the circuit at attn.in or mlp.in, "
                     "e.g. 'blocks.1.mlp.in[17]'")
-    st.add_argument("--prompt", required=True, help="the text the dense model reads")
-    st.add_argument("--counterfactual", required=True,
+    st.add_argument("--prompt", help="the text the dense model reads")
+    st.add_argument("--counterfactual",
                     help="the same text changed where the node should see the difference "
                          "(as many tokens)")
+    st.add_argument("--pairs", type=int, default=0, metavar="N",
+                    help="instead: N pairs of the circuit's task, each corrupt prompt pushed "
+                         "toward its clean one")
+    st.add_argument("--split", default="test", choices=["test", "val", "train"],
+                    help="the pairs' split (default test)")
     st.add_argument("--strengths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0],
                     metavar="S", help="strengths in [0, 1] (default 0 0.25 0.5 0.75 1)")
     st.add_argument("--answers", nargs=2, metavar=("A", "B"),

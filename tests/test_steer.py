@@ -127,3 +127,24 @@ def test_steering_a_run_without_bridges_is_a_one_line_error(planted_circuit, cap
     code, _, err = run_cli(capsys, "steer", str(run), "--circuit", str(circuit), "--node",
                            "blocks.0.mlp.in[0]", "--prompt", "a", "--counterfactual", "b")
     assert_one_line_error(code, err, "has no bridges")
+
+
+def test_steering_on_the_tasks_held_out_pairs_moves_every_pair(bridged, capsys, tmp_path):
+    run, circuit, w = bridged
+    code, out, err = run_cli(capsys, "steer", str(run), "--circuit", str(circuit), "--node",
+                             "blocks.0.mlp.in[0]", "--pairs", "8", "--random", "10",
+                             "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    data = json.loads((tmp_path / "p" / "steer.json").read_text())
+    assert len(data["results"]) + data["skipped"] == 8 and data["results"]
+    assert data["mean_moved"] > 10 * abs(data["mean_random_moved"])
+    assert data["beats_every_random"] == len(data["results"])
+    assert "moves further than all 10 random directions" in out
+    assert (tmp_path / "p" / "steer.png").stat().st_size > 1000
+
+
+def test_pairs_and_a_prompt_together_are_a_one_line_error(bridged, capsys):
+    run, circuit, _ = bridged
+    code, _, err = run_cli(capsys, "steer", str(run), "--circuit", str(circuit), "--node",
+                           "blocks.0.mlp.in[0]", "--pairs", "4", "--prompt", "x")
+    assert_one_line_error(code, err, "--pairs")

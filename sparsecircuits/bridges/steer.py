@@ -161,17 +161,19 @@ def steered_logits(dense, idx: torch.Tensor, site: str, delta: torch.Tensor, v: 
         return dense(idx)[0, -1].float()
 
 
-@torch.no_grad()
-def steer(run_dir: str | Path, circuit: str | Path, node: str, prompt: str, counterfactual: str,
-          *, strengths=DEFAULT_STRENGTHS, answers: tuple[str, str] | None = None,
-          n_random: int = 20, seed: int = 0, out: str | Path | None = None) -> Steering:
-    """Sweep the strength of the intervention through `node` of `circuit` (a circuit of the
-    bridged run's sparse model) on the dense model; writes steer.json/.png/.svg/.md to `out`."""
-    strengths = sorted(float(s) for s in strengths)
-    if not strengths or strengths[0] < 0 or strengths[-1] > 1:
-        raise UserError(f"--strengths {strengths} must lie in [0, 1].")
-    if n_random < 1:
-        raise UserError(f"--random {n_random} must be at least 1.")
+@dataclass
+class _Bridged:
+    """What every sweep through one node needs, loaded once."""
+    model: object
+    tok: object
+    dense: object
+    cfg: object
+    circuit: Circuit
+    node: NodeId
+    v: torch.Tensor
+
+
+def _open(run_dir, circuit: str | Path, node: str) -> _Bridged:
     model, tok = load(run_dir)
     bridges, cfg = load_bridges(run_dir, model)
     dense = load_dense(cfg, model)
@@ -186,49 +188,194 @@ def steer(run_dir: str | Path, circuit: str | Path, node: str, prompt: str, coun
         options = [str(n) for n in circ.node_ids() if n.site.split(".", 2)[2] in STEERABLE]
         raise UserError(f"{nid} is not in the circuit {circuit}; its steerable nodes are "
                         f"{', '.join(options[:8]) or 'none'}{' ...' if len(options) > 8 else ''}.")
-    if answers is None:
-        pair = get_task(circ.task_ref).pairs(1, "test", seed=0)[0]
-        answers = (pair.target, pair.alt)
-    ids = answer_ids(tok, circ.task, *answers)
-    enc = [tok.encode(t, add_special_tokens=False).ids for t in (prompt, counterfactual)]
+    return _Bridged(model, tok, dense, cfg, circ, nid,
+                    steering_vector(model, dense, bridges, cfg, nid))
+
+
+def _check_sweep(strengths, n_random) -> list[float]:
+    strengths = sorted(float(s) for s in strengths)
+    if not strengths or strengths[0] < 0 or strengths[-1] > 1:
+        raise UserError(f"--strengths {strengths} must lie in [0, 1].")
+    if n_random < 1:
+        raise UserError(f"--random {n_random} must be at least 1.")
+    return strengths
+
+
+def _sweep(b: _Bridged, prompt: str, counterfactual: str, answers, strengths, n_random: int,
+           seed: int) -> Steering:
+    ids = answer_ids(b.tok, b.circuit.task, *answers)
     if not prompt or not counterfactual:
         raise UserError("--prompt and --counterfactual must both be non-empty.")
+    enc = [b.tok.encode(t, add_special_tokens=False).ids for t in (prompt, counterfactual)]
     if len(enc[0]) != len(enc[1]):
         raise UserError(f"the prompt is {len(enc[0])} tokens and the counterfactual "
                         f"{len(enc[1])}; the intervention pairs them token by token, so give a "
                         "counterfactual of the same length in tokens.")
-    if len(enc[0]) > model.cfg.block_size:
+    if len(enc[0]) > b.model.cfg.block_size:
         raise UserError(f"the prompt is {len(enc[0])} tokens, over the model's block size "
-                        f"{model.cfg.block_size}; shorten it.")
+                        f"{b.model.cfg.block_size}; shorten it.")
+    site, c = b.node
     idx, idx_cf = (torch.tensor([e]) for e in enc)
-    _, c0 = model.run_with_cache(idx, names=[nid.site])
-    _, c1 = model.run_with_cache(idx_cf, names=[nid.site])
-    delta = (c1[nid.site][0, :, nid.index] - c0[nid.site][0, :, nid.index]).float()
-    v = steering_vector(model, dense, bridges, cfg, nid)
-    z_cf = dense(idx_cf)[0, -1].float()
+    _, c0 = b.model.run_with_cache(idx, names=[site])
+    _, c1 = b.model.run_with_cache(idx_cf, names=[site])
+    delta = (c1[site][0, :, c] - c0[site][0, :, c]).float()
+    z_cf = b.dense(idx_cf)[0, -1].float()
     target = answers[0] if z_cf[ids[0]] >= z_cf[ids[1]] else answers[1]
     p_cf = {a: round(float(z_cf.softmax(-1)[i]), 6) for a, i in zip(answers, ids)}
 
     def sweep(direction):
-        ps = [steered_logits(dense, idx, nid.site, delta, direction, s).softmax(-1)
+        ps = [steered_logits(b.dense, idx, site, delta, direction, s).softmax(-1)
               for s in strengths]
         return {a: [round(float(p[i]), 6) for p in ps] for a, i in zip(answers, ids)}
 
-    steered = sweep(v)
+    steered = sweep(b.v)
     g = torch.Generator().manual_seed(seed)
     randoms = []
     for _ in range(n_random):
-        u = torch.randn(v.shape, generator=g)
-        randoms.append(sweep(u * (v.norm() / u.norm())))
+        u = torch.randn(b.v.shape, generator=g)
+        randoms.append(sweep(u * (b.v.norm() / u.norm())))
     moved = steered[target][-1] - steered[target][0]
     as_far = sum(r[target][-1] - r[target][0] >= moved for r in randoms)
-    result = Steering(str(nid), prompt, counterfactual, tuple(answers), target, strengths, steered,
-                      randoms, p_cf, round(float(v.norm()), 6), round(moved, 6), int(as_far),
-                      cfg.dense_run, cfg.dense_hash, cfg.sparse_hash, seed)
+    return Steering(str(b.node), prompt, counterfactual, tuple(answers), target, strengths,
+                    steered, randoms, p_cf, round(float(b.v.norm()), 6), round(moved, 6),
+                    int(as_far), b.cfg.dense_run, b.cfg.dense_hash, b.cfg.sparse_hash, seed)
+
+
+def _write(out, data: dict, plot, markdown: str) -> None:
+    out = output_dir(out)
+    atomic_write_text(out / "steer.json", json.dumps(data, indent=1))
+    plot(out / "steer.png")
+    plot(out / "steer.svg")
+    atomic_write_text(out / "steer.md", markdown)
+
+
+@torch.no_grad()
+def steer(run_dir: str | Path, circuit: str | Path, node: str, prompt: str, counterfactual: str,
+          *, strengths=DEFAULT_STRENGTHS, answers: tuple[str, str] | None = None,
+          n_random: int = 20, seed: int = 0, out: str | Path | None = None) -> Steering:
+    """Sweep the strength of the intervention through `node` of `circuit` (a circuit of the
+    bridged run's sparse model) on the dense model; writes steer.json/.png/.svg/.md to `out`."""
+    strengths = _check_sweep(strengths, n_random)
+    b = _open(run_dir, circuit, node)
+    if answers is None:
+        pair = get_task(b.circuit.task_ref).pairs(1, "test", seed=0)[0]
+        answers = (pair.target, pair.alt)
+    result = _sweep(b, prompt, counterfactual, answers, strengths, n_random, seed)
     if out is not None:
-        out = output_dir(out)
-        atomic_write_text(out / "steer.json", json.dumps(result.to_dict(), indent=1))
-        result.plot(out / "steer.png")
-        result.plot(out / "steer.svg")
-        atomic_write_text(out / "steer.md", result.markdown("steer.png"))
+        _write(out, result.to_dict(), result.plot, result.markdown("steer.png"))
+    return result
+
+
+@dataclass
+class SteeringOnPairs:
+    """One node steered on a task's held-out pairs: each pair's corrupt prompt pushed toward
+    its clean prompt (the counterfactual), and the same along random directions."""
+    node: str
+    task: str
+    split: str
+    skipped: int                     # pairs whose two prompts differ in token count
+    results: list[Steering]
+
+    @property
+    def moved(self) -> list[float]:
+        return [r.moved for r in self.results]
+
+    @property
+    def random_moved(self) -> list[float]:
+        return [r_[r.target][-1] - r_[r.target][0] for r in self.results for r_ in r.p_random]
+
+    @property
+    def beats_every_random(self) -> int:
+        return sum(r.random_as_far == 0 for r in self.results)
+
+    def summary(self) -> str:
+        n = len(self.results)
+        mean = sum(self.moved) / n
+        rnd = self.random_moved
+        rmean = sum(rnd) / len(rnd)
+        as_far = sum(m >= mean for m in rnd)
+        return (f"over {n} {self.split} pairs of {self.task}, steering {self.node} at strength "
+                f"{self.results[0].strengths[-1]:g} moves the dense model's probability of the "
+                f"counterfactual's answer by {mean:+.4f} on average (random directions of the "
+                f"same norm: {rmean:+.4f}; {as_far} of {len(rnd)} random sweeps move it as far); "
+                f"on {self.beats_every_random} of {n} pairs it moves further than all "
+                f"{self.results[0].n_random} random directions.")
+
+    def to_dict(self) -> dict:
+        return dict(node=self.node, task=self.task, split=self.split, skipped=self.skipped,
+                    mean_moved=sum(self.moved) / len(self.moved),
+                    mean_random_moved=sum(self.random_moved) / len(self.random_moved),
+                    beats_every_random=self.beats_every_random, summary=self.summary(),
+                    results=[r.to_dict() for r in self.results])
+
+    def format(self) -> str:
+        lines = [f"  {'pair':>4} {'target':>8} {'P at 0':>8} {'P at max':>9} {'moved':>8} "
+                 f"{'random as far':>13}"]
+        for i, r in enumerate(self.results):
+            p = r.p_steered[r.target]
+            lines.append(f"  {i:>4} {r.target!r:>8} {p[0]:>8.4f} {p[-1]:>9.4f} {r.moved:>+8.4f} "
+                         f"{r.random_as_far:>6} of {r.n_random}")
+        return "\n".join(lines + ["", self.summary()])
+
+    def markdown(self, image: str | None = None) -> str:
+        r0 = self.results[0]
+        return "\n".join([
+            f"## Steering the dense model through {self.node} on {self.task}", "",
+            f"Dense run `{r0.dense_run}` ({r0.dense_hash}), sparse model {r0.sparse_hash}; "
+            f"{len(self.results)} {self.split} pairs ({self.skipped} skipped: their prompts "
+            f"differ in token count), {r0.n_random} random directions each (seed {r0.seed}).",
+            "", self.summary(), ""] + ([f"![steering sweep]({image})", ""] if image else []))
+
+    def plot(self, path: str | Path) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        s = self.results[0].strengths
+
+        def change(curve):
+            return [p - curve[0] for p in curve]
+        steered = [change(r.p_steered[r.target]) for r in self.results]
+        randoms = [change(rr[r.target]) for r in self.results for rr in r.p_random]
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        lo = [min(c[j] for c in randoms) for j in range(len(s))]
+        hi = [max(c[j] for c in randoms) for j in range(len(s))]
+        ax.fill_between(s, lo, hi, color="0.85", label="random directions (range)")
+        ax.plot(s, [sum(c[j] for c in randoms) / len(randoms) for j in range(len(s))],
+                color="0.5", lw=1, label="random directions (mean)")
+        ax.plot(s, [sum(c[j] for c in steered) / len(steered) for j in range(len(s))], "o-",
+                color="C3", lw=2, label=f"along {self.node} (mean)")
+        ax.set_xlabel("strength s")
+        ax.set_ylabel("change in dense P(counterfactual's answer)")
+        ax.legend(loc="best", fontsize=8, frameon=False)
+        ax.set_title(f"{self.task}: {len(self.results)} {self.split} pairs", fontsize=9)
+        fig.tight_layout()
+        path = Path(path)
+        atomic_write(path, lambda t: fig.savefig(t, format=path.suffix[1:] or "png", dpi=150))
+        plt.close(fig)
+
+
+@torch.no_grad()
+def steer_pairs(run_dir: str | Path, circuit: str | Path, node: str, *, n: int = 32,
+                split: str = "test", strengths=DEFAULT_STRENGTHS, n_random: int = 20,
+                seed: int = 0, out: str | Path | None = None) -> SteeringOnPairs:
+    """`steer` on `n` pairs of the circuit's task: each corrupt prompt toward its clean one."""
+    strengths = _check_sweep(strengths, n_random)
+    if n < 1:
+        raise UserError(f"--pairs {n} must be at least 1.")
+    b = _open(run_dir, circuit, node)
+    results, skipped = [], 0
+    for pair in get_task(b.circuit.task_ref).pairs(n, split, seed=seed):
+        enc = [b.tok.encode(t, add_special_tokens=False).ids for t in (pair.corrupt, pair.clean)]
+        if len(enc[0]) != len(enc[1]) or len(enc[0]) > b.model.cfg.block_size:
+            skipped += 1
+            continue
+        results.append(_sweep(b, pair.corrupt, pair.clean, (pair.target, pair.alt), strengths,
+                              n_random, seed))
+    if not results:
+        raise UserError(f"none of the {n} {split} pairs of {b.circuit.task} has prompts of equal "
+                        "token count, which steering pairs token by token; steer one prompt "
+                        "with --prompt and --counterfactual.")
+    result = SteeringOnPairs(str(b.node), b.circuit.task, split, skipped, results)
+    if out is not None:
+        _write(out, result.to_dict(), result.plot, result.markdown("steer.png"))
     return result
