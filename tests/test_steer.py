@@ -139,6 +139,9 @@ def test_steering_on_the_tasks_held_out_pairs_moves_every_pair(bridged, capsys, 
     assert len(data["results"]) + data["skipped"] == 8 and data["results"]
     assert data["mean_moved"] > 10 * abs(data["mean_random_moved"])
     assert data["beats_every_random"] == len(data["results"])
+    assert data["beats_every_random_log_odds"] == len(data["results"])
+    assert data["mean_log_odds"] > 5 > abs(data["mean_random_log_odds"])
+    assert data["random_as_far_log_odds"] == 0
     assert "moves further than all 10 random directions" in out
     assert (tmp_path / "p" / "steer.png").stat().st_size > 1000
 

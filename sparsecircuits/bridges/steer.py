@@ -18,6 +18,7 @@ moves the answer further than almost all of them.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,8 +60,27 @@ class Steering:
     def n_random(self) -> int:
         return len(self.p_random)
 
+    @property
+    def other(self) -> str:
+        return self.answers[1] if self.target == self.answers[0] else self.answers[0]
+
+    def log_odds(self, curve: dict[str, list[float]]) -> list[float]:
+        """log P(target) - log P(other) at each strength: what the task's loss reads."""
+        return [math.log(max(t, 1e-12)) - math.log(max(o, 1e-12))
+                for t, o in zip(curve[self.target], curve[self.other])]
+
+    @property
+    def moved_log_odds(self) -> float:
+        lo = self.log_odds(self.p_steered)
+        return lo[-1] - lo[0]
+
+    @property
+    def random_moved_log_odds(self) -> list[float]:
+        return [lo[-1] - lo[0] for lo in map(self.log_odds, self.p_random)]
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "moved_log_odds": self.moved_log_odds,
+                "random_moved_log_odds": self.random_moved_log_odds}
 
     def summary(self) -> str:
         s = self.strengths[-1]
@@ -286,6 +306,7 @@ class SteeringOnPairs:
 
     @property
     def beats_every_random(self) -> int:
+        """Pairs where the node moves P(target) further than every random direction."""
         return sum(r.random_as_far == 0 for r in self.results)
 
     def summary(self) -> str:
@@ -299,13 +320,44 @@ class SteeringOnPairs:
                 f"counterfactual's answer by {mean:+.4f} on average (random directions of the "
                 f"same norm: {rmean:+.4f}; {as_far} of {len(rnd)} random sweeps move it as far); "
                 f"on {self.beats_every_random} of {n} pairs it moves further than all "
-                f"{self.results[0].n_random} random directions.")
+                f"{self.results[0].n_random} random directions. In log-odds of the two answers "
+                f"it moves {self.mean_log_odds:+.3f} on average (random: "
+                f"{self.mean_random_log_odds:+.3f}), further than every random direction on "
+                f"{self.beats_every_random_log_odds} of {n} pairs; averaged over the pairs, "
+                f"{self.random_as_far_log_odds} of {self.results[0].n_random} random directions "
+                "move it as far.")
+
+    @property
+    def random_as_far_log_odds(self) -> int:
+        """Random directions (the same vector on every pair: one seed) whose mean log-odds
+        change over the pairs is at least the node's: the test at the level of the mean."""
+        n = len(self.results)
+        means = [sum(r.random_moved_log_odds[k] for r in self.results) / n
+                 for k in range(self.results[0].n_random)]
+        return sum(m >= self.mean_log_odds for m in means)
+
+    @property
+    def mean_log_odds(self) -> float:
+        return sum(r.moved_log_odds for r in self.results) / len(self.results)
+
+    @property
+    def mean_random_log_odds(self) -> float:
+        rnd = [m for r in self.results for m in r.random_moved_log_odds]
+        return sum(rnd) / len(rnd)
+
+    @property
+    def beats_every_random_log_odds(self) -> int:
+        return sum(r.moved_log_odds > max(r.random_moved_log_odds) for r in self.results)
 
     def to_dict(self) -> dict:
         return dict(node=self.node, task=self.task, split=self.split, skipped=self.skipped,
                     mean_moved=sum(self.moved) / len(self.moved),
                     mean_random_moved=sum(self.random_moved) / len(self.random_moved),
-                    beats_every_random=self.beats_every_random, summary=self.summary(),
+                    beats_every_random=self.beats_every_random,
+                    mean_log_odds=self.mean_log_odds, mean_random_log_odds=self.mean_random_log_odds,
+                    beats_every_random_log_odds=self.beats_every_random_log_odds,
+                    random_as_far_log_odds=self.random_as_far_log_odds,
+                    summary=self.summary(),
                     results=[r.to_dict() for r in self.results])
 
     def format(self) -> str:
@@ -332,20 +384,23 @@ class SteeringOnPairs:
         import matplotlib.pyplot as plt
         s = self.results[0].strengths
 
-        def change(curve):
-            return [p - curve[0] for p in curve]
-        steered = [change(r.p_steered[r.target]) for r in self.results]
-        randoms = [change(rr[r.target]) for r in self.results for rr in r.p_random]
+        def change(r, curve):
+            lo = r.log_odds(curve)
+            return [v - lo[0] for v in lo]
+        steered = [change(r, r.p_steered) for r in self.results]
+        # random direction k is the same vector on every pair (one seed): its mean over the
+        # pairs is what a random node would give, comparable with the node's mean
+        n_pairs, n_random = len(self.results), self.results[0].n_random
+        randoms = [[sum(change(r, r.p_random[k])[j] for r in self.results) / n_pairs
+                    for j in range(len(s))] for k in range(n_random)]
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        lo = [min(c[j] for c in randoms) for j in range(len(s))]
-        hi = [max(c[j] for c in randoms) for j in range(len(s))]
-        ax.fill_between(s, lo, hi, color="0.85", label="random directions (range)")
-        ax.plot(s, [sum(c[j] for c in randoms) / len(randoms) for j in range(len(s))],
-                color="0.5", lw=1, label="random directions (mean)")
+        ax.fill_between(s, [min(c[j] for c in randoms) for j in range(len(s))],
+                        [max(c[j] for c in randoms) for j in range(len(s))], color="0.85",
+                        label=f"{n_random} random directions (range of their means)")
         ax.plot(s, [sum(c[j] for c in steered) / len(steered) for j in range(len(s))], "o-",
                 color="C3", lw=2, label=f"along {self.node} (mean)")
         ax.set_xlabel("strength s")
-        ax.set_ylabel("change in dense P(counterfactual's answer)")
+        ax.set_ylabel("change in dense log-odds\nof the counterfactual's answer")
         ax.legend(loc="best", fontsize=8, frameon=False)
         ax.set_title(f"{self.task}: {len(self.results)} {self.split} pairs", fontsize=9)
         fig.tight_layout()
