@@ -352,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("run_dir", metavar="BRIDGED_RUN")
     st.add_argument("--circuit", required=True, metavar="CIRCUIT.json",
                     help="a circuit of the bridged run's sparse model")
-    st.add_argument("--node", required=True, help="a node of the circuit at attn.in or mlp.in, "
-                    "e.g. 'blocks.1.mlp.in[17]'")
+    st.add_argument("--node", required=True, nargs="+", metavar="NODE",
+                    help="a node of the circuit at attn.in or mlp.in, e.g. 'blocks.1.mlp.in[17]' "
+                         "(several: pushed together)")
     st.add_argument("--prompt", help="the text the dense model reads")
     st.add_argument("--counterfactual",
                     help="the same text changed where the node should see the difference "

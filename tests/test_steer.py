@@ -82,8 +82,9 @@ def test_steering_at_strength_zero_leaves_the_logits_bit_identical(bridged):
     delta = torch.randn(idx.shape[1]) * 5
     with torch.no_grad():
         plain = dense(idx)[0, -1].float()
-        assert torch.equal(steered_logits(dense, idx, "blocks.0.mlp.in", delta, v, 0.0), plain)
-        assert not torch.equal(steered_logits(dense, idx, "blocks.0.mlp.in", delta, v, 0.5), plain)
+        push = [("blocks.0.mlp.in", delta, v)]
+        assert torch.equal(steered_logits(dense, idx, push, 0.0), plain)
+        assert not torch.equal(steered_logits(dense, idx, push, 0.5), plain)
 
 
 def test_steer_cli_writes_json_plots_and_a_report_section(bridged, capsys, tmp_path):
@@ -151,3 +152,21 @@ def test_pairs_and_a_prompt_together_are_a_one_line_error(bridged, capsys):
     code, _, err = run_cli(capsys, "steer", str(run), "--circuit", str(circuit), "--node",
                            "blocks.0.mlp.in[0]", "--pairs", "4", "--prompt", "x")
     assert_one_line_error(code, err, "--pairs")
+
+
+def test_the_pushes_of_several_nodes_add_up(bridged):
+    run, _, w = bridged
+    model, tok = load(run)
+    bridges, cfg = load_bridges(run, model)
+    dense = load_dense(cfg, model)
+    idx = torch.tensor([tok.encode(_prompts(w)[0], add_special_tokens=False).ids])
+    g = torch.Generator().manual_seed(0)
+    d1, d2 = torch.randn(idx.shape[1], generator=g), torch.randn(idx.shape[1], generator=g)
+    v = torch.randn(model.cfg.d_model, generator=g)
+    with torch.no_grad():
+        mlp, attn = "blocks.0.mlp.in", "blocks.0.attn.in"
+        two = steered_logits(dense, idx, [(mlp, d1, v), (mlp, d2, v)], 0.7)
+        one = steered_logits(dense, idx, [(mlp, d1 + d2, v)], 0.7)
+        apart = steered_logits(dense, idx, [(mlp, d1, v), (attn, d2, v)], 0.7)
+    torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(apart, one, atol=1e-3)

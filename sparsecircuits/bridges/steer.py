@@ -169,13 +169,17 @@ def steering_vector(model, dense, bridges, cfg, node: NodeId) -> torch.Tensor:
     return (bridges.dec[i].weight[:, node.index] * scale * gain_d / gain_s).detach()
 
 
-def steered_logits(dense, idx: torch.Tensor, site: str, delta: torch.Tensor, v: torch.Tensor,
+def steered_logits(dense, idx: torch.Tensor, pushes: list[tuple[str, torch.Tensor, torch.Tensor]],
                    s: float) -> torch.Tensor:
-    """The dense model's last-token logits with s * delta_t * v added at `site` at every token."""
-    push = (s * delta)[None, :, None] * v[None, None, :]
+    """The dense model's last-token logits with s * delta_t * v added at every token, for each
+    (site, delta, v) of `pushes` (several nodes: their pushes add up)."""
+    by_site: dict[str, torch.Tensor] = {}
+    for site, delta, v in pushes:
+        push = (s * delta)[None, :, None] * v[None, None, :]
+        by_site[site] = by_site[site] + push if site in by_site else push
 
     def add(name, x):
-        return x + push if name == site else x
+        return x + by_site[name] if name in by_site else x
 
     with dense.hooks(add):
         return dense(idx)[0, -1].float()
@@ -183,33 +187,45 @@ def steered_logits(dense, idx: torch.Tensor, site: str, delta: torch.Tensor, v: 
 
 @dataclass
 class _Bridged:
-    """What every sweep through one node needs, loaded once."""
+    """What every sweep through the chosen nodes needs, loaded once."""
     model: object
     tok: object
     dense: object
     cfg: object
     circuit: Circuit
-    node: NodeId
-    v: torch.Tensor
+    nodes: list[NodeId]
+    vs: list[torch.Tensor]          # each node's steering vector
+
+    @property
+    def name(self) -> str:
+        return " + ".join(map(str, self.nodes))
 
 
-def _open(run_dir, circuit: str | Path, node: str) -> _Bridged:
+def _open(run_dir, circuit: str | Path, nodes: str | list[str]) -> _Bridged:
     model, tok = load(run_dir)
     bridges, cfg = load_bridges(run_dir, model)
     dense = load_dense(cfg, model)
     circ = Circuit.load(circuit)
     circ.check_model(model)
-    nid = parse_node(node)
-    kind = nid.site.split(".", 2)[2] if nid.site.count(".") >= 2 else ""
-    if kind not in STEERABLE:
-        raise UserError(f"{nid} is not at a residual read; steer a node at attn.in or mlp.in, "
-                        "whose channel the bridges map into the dense model.")
-    if nid.index not in circ.nodes.get(nid.site, []):
-        options = [str(n) for n in circ.node_ids() if n.site.split(".", 2)[2] in STEERABLE]
-        raise UserError(f"{nid} is not in the circuit {circuit}; its steerable nodes are "
+    options = [str(n) for n in circ.node_ids() if n.site.split(".", 2)[2] in STEERABLE]
+    nids = []
+    for node in [nodes] if isinstance(nodes, str) else nodes:
+        nid = parse_node(node)
+        kind = nid.site.split(".", 2)[2] if nid.site.count(".") >= 2 else ""
+        if kind not in STEERABLE:
+            raise UserError(f"{nid} is not at a residual read; steer a node at attn.in or "
+                            "mlp.in, whose channel the bridges map into the dense model.")
+        if nid.index not in circ.nodes.get(nid.site, []):
+            raise UserError(f"{nid} is not in the circuit {circuit}; its steerable nodes are "
+                            f"{', '.join(options[:8]) or 'none'}"
+                            f"{' ...' if len(options) > 8 else ''}.")
+        if nid not in nids:
+            nids.append(nid)
+    if not nids:
+        raise UserError(f"no --node given; the circuit's steerable nodes are "
                         f"{', '.join(options[:8]) or 'none'}{' ...' if len(options) > 8 else ''}.")
-    return _Bridged(model, tok, dense, cfg, circ, nid,
-                    steering_vector(model, dense, bridges, cfg, nid))
+    return _Bridged(model, tok, dense, cfg, circ, nids,
+                    [steering_vector(model, dense, bridges, cfg, nid) for nid in nids])
 
 
 def _check_sweep(strengths, n_random) -> list[float]:
@@ -234,30 +250,31 @@ def _sweep(b: _Bridged, prompt: str, counterfactual: str, answers, strengths, n_
     if len(enc[0]) > b.model.cfg.block_size:
         raise UserError(f"the prompt is {len(enc[0])} tokens, over the model's block size "
                         f"{b.model.cfg.block_size}; shorten it.")
-    site, c = b.node
     idx, idx_cf = (torch.tensor([e]) for e in enc)
-    _, c0 = b.model.run_with_cache(idx, names=[site])
-    _, c1 = b.model.run_with_cache(idx_cf, names=[site])
-    delta = (c1[site][0, :, c] - c0[site][0, :, c]).float()
+    sites = sorted({n.site for n in b.nodes})
+    _, c0 = b.model.run_with_cache(idx, names=sites)
+    _, c1 = b.model.run_with_cache(idx_cf, names=sites)
+    deltas = [(c1[site][0, :, c] - c0[site][0, :, c]).float() for site, c in b.nodes]
     z_cf = b.dense(idx_cf)[0, -1].float()
     target = answers[0] if z_cf[ids[0]] >= z_cf[ids[1]] else answers[1]
     p_cf = {a: round(float(z_cf.softmax(-1)[i]), 6) for a, i in zip(answers, ids)}
 
-    def sweep(direction):
-        ps = [steered_logits(b.dense, idx, site, delta, direction, s).softmax(-1)
-              for s in strengths]
+    def sweep(directions):
+        pushes = [(n.site, d, v) for n, d, v in zip(b.nodes, deltas, directions)]
+        ps = [steered_logits(b.dense, idx, pushes, s).softmax(-1) for s in strengths]
         return {a: [round(float(p[i]), 6) for p in ps] for a, i in zip(answers, ids)}
 
-    steered = sweep(b.v)
+    steered = sweep(b.vs)
     g = torch.Generator().manual_seed(seed)
     randoms = []
-    for _ in range(n_random):
-        u = torch.randn(b.v.shape, generator=g)
-        randoms.append(sweep(u * (b.v.norm() / u.norm())))
+    for _ in range(n_random):  # one random vector per node, each of that node's norm
+        us = [torch.randn(v.shape, generator=g) for v in b.vs]
+        randoms.append(sweep([u * (v.norm() / u.norm()) for u, v in zip(us, b.vs)]))
     moved = steered[target][-1] - steered[target][0]
     as_far = sum(r[target][-1] - r[target][0] >= moved for r in randoms)
-    return Steering(str(b.node), prompt, counterfactual, tuple(answers), target, strengths,
-                    steered, randoms, p_cf, round(float(b.v.norm()), 6), round(moved, 6),
+    norm = float(torch.stack([v.norm() for v in b.vs]).norm())
+    return Steering(b.name, prompt, counterfactual, tuple(answers), target, strengths,
+                    steered, randoms, p_cf, round(norm, 6), round(moved, 6),
                     int(as_far), b.cfg.dense_run, b.cfg.dense_hash, b.cfg.sparse_hash, seed)
 
 
@@ -270,11 +287,13 @@ def _write(out, data: dict, plot, markdown: str) -> None:
 
 
 @torch.no_grad()
-def steer(run_dir: str | Path, circuit: str | Path, node: str, prompt: str, counterfactual: str,
+def steer(run_dir: str | Path, circuit: str | Path, node: str | list[str], prompt: str,
+          counterfactual: str,
           *, strengths=DEFAULT_STRENGTHS, answers: tuple[str, str] | None = None,
           n_random: int = 20, seed: int = 0, out: str | Path | None = None) -> Steering:
     """Sweep the strength of the intervention through `node` of `circuit` (a circuit of the
-    bridged run's sparse model) on the dense model; writes steer.json/.png/.svg/.md to `out`."""
+    bridged run's sparse model; a list of nodes pushes them all at once) on the dense model;
+    writes steer.json/.png/.svg/.md to `out`."""
     strengths = _check_sweep(strengths, n_random)
     b = _open(run_dir, circuit, node)
     if answers is None:
@@ -410,7 +429,7 @@ class SteeringOnPairs:
 
 
 @torch.no_grad()
-def steer_pairs(run_dir: str | Path, circuit: str | Path, node: str, *, n: int = 32,
+def steer_pairs(run_dir: str | Path, circuit: str | Path, node: str | list[str], *, n: int = 32,
                 split: str = "test", strengths=DEFAULT_STRENGTHS, n_random: int = 20,
                 seed: int = 0, out: str | Path | None = None) -> SteeringOnPairs:
     """`steer` on `n` pairs of the circuit's task: each corrupt prompt toward its clean one."""
@@ -430,7 +449,7 @@ def steer_pairs(run_dir: str | Path, circuit: str | Path, node: str, *, n: int =
         raise UserError(f"none of the {n} {split} pairs of {b.circuit.task} has prompts of equal "
                         "token count, which steering pairs token by token; steer one prompt "
                         "with --prompt and --counterfactual.")
-    result = SteeringOnPairs(str(b.node), b.circuit.task, split, skipped, results)
+    result = SteeringOnPairs(b.name, b.circuit.task, split, skipped, results)
     if out is not None:
         _write(out, result.to_dict(), result.plot, result.markdown("steer.png"))
     return result
