@@ -88,16 +88,32 @@ def save_checkpoint(run_dir: Path, model: GPT, optimizer: torch.optim.Optimizer,
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = dict(format="sparsecircuits", step=step, config=json.dumps(cfg.to_dict()),
                 versions=json.dumps(versions()))
+    moments = adam_moments(model, optimizer)
+    atomic_write(run_dir / OPTIM_FILE, lambda t: save_file(moments, t, metadata=dict(step=step)))
+    atomic_write(run_dir / MODEL_FILE, lambda t: save_file(weights, t, metadata=meta))
+    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=1))
+
+
+def adam_moments(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The Adam state of `module`'s parameters, by parameter name (what a checkpoint saves)."""
     moments = {}
-    for name, p in model.named_parameters():
+    for name, p in module.named_parameters():
         st = optimizer.state.get(p)
         if st:
             moments[f"{name}.exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
             moments[f"{name}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
             moments[f"{name}.step"] = torch.as_tensor(st["step"]).detach().cpu().reshape(1)
-    atomic_write(run_dir / OPTIM_FILE, lambda t: save_file(moments, t, metadata=dict(step=step)))
-    atomic_write(run_dir / MODEL_FILE, lambda t: save_file(weights, t, metadata=meta))
-    atomic_write_text(run_dir / STATE_FILE, json.dumps(state, indent=1))
+    return moments
+
+
+def restore_adam_moments(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                         moments: dict) -> None:
+    """The inverse of `adam_moments`: put saved state back on `module`'s parameters."""
+    for name, p in module.named_parameters():
+        if f"{name}.exp_avg" in moments:
+            optimizer.state[p] = dict(step=moments[f"{name}.step"].reshape(()).clone(),
+                                      exp_avg=moments[f"{name}.exp_avg"].to(p.device),
+                                      exp_avg_sq=moments[f"{name}.exp_avg_sq"].to(p.device))
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
@@ -191,13 +207,7 @@ def load_weights(run_dir: Path, model: GPT) -> dict:
 
 def load_optimizer(run_dir: Path, model: GPT, optimizer: torch.optim.Optimizer) -> int:
     tensors, meta = _read_safetensors(run_dir / OPTIM_FILE)
-    device = next(model.parameters()).device
-    for name, p in model.named_parameters():
-        if f"{name}.exp_avg" in tensors:
-            optimizer.state[p] = dict(
-                step=tensors[f"{name}.step"].reshape(()).clone(),
-                exp_avg=tensors[f"{name}.exp_avg"].to(device),
-                exp_avg_sq=tensors[f"{name}.exp_avg_sq"].to(device))
+    restore_adam_moments(model, optimizer, tensors)
     return int(meta.get("step", -1))
 
 

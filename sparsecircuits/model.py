@@ -159,26 +159,28 @@ class GPT(nn.Module):
         return [f"blocks.{l}.{kind}" for l in range(self.cfg.n_layer) for kind in SITE_KINDS]
 
     @contextlib.contextmanager
+    def _pushed(self, attr: str, fns):
+        """Append `fns` to the hook list `attr` inside the block (nesting composes)."""
+        saved = getattr(self, attr)
+        setattr(self, attr, saved + list(fns))
+        try:
+            yield
+        finally:
+            setattr(self, attr, saved)
+
+    @contextlib.contextmanager
     def hooks(self, *fns: Hook):
         """Apply hooks `fn(name, x) -> x` at every node site (in order) inside the block."""
-        saved = self._hooks
-        self._hooks = saved + list(fns)
-        try:
+        with self._pushed("_hooks", fns):
             yield self
-        finally:
-            self._hooks = saved
 
     @contextlib.contextmanager
     def norm_hooks(self, *fns: Hook):
         """Apply `fn(name, scale) -> scale` to every RMSNorm's per-token scale 1/rms, shape
         (B, T, 1), inside the block. Names: `blocks.{l}.ln_1`, `blocks.{l}.ln_2`, `ln_f`.
         Frozen-norm ablation records the scales of a clean pass and replays them here."""
-        saved = self._norm_hooks
-        self._norm_hooks = saved + list(fns)
-        try:
+        with self._pushed("_norm_hooks", fns):
             yield self
-        finally:
-            self._norm_hooks = saved
 
     def _norm_fn(self, name: str):
         if not self._norm_hooks:
@@ -198,12 +200,8 @@ class GPT(nn.Module):
     def resid_hooks(self, *fns: Hook):
         """Apply `fn(name, x) -> x` to the residual stream (B, T, d_model) at every residual
         location (`resid_names`), before the sublayer's RMSNorm reads it, inside the block."""
-        saved = self._resid_hooks
-        self._resid_hooks = saved + list(fns)
-        try:
+        with self._pushed("_resid_hooks", fns):
             yield self
-        finally:
-            self._resid_hooks = saved
 
     def run_with_cache(self, idx: torch.Tensor, names=None):
         """Logits and a dict of the activations at the given sites (all sites by default)."""

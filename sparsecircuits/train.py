@@ -332,6 +332,8 @@ def bridge(sparse_run: str | Path, dense_run: str | Path, out: str | Path, *,
     on its corpus (warmup, then linear decay from `lr`). `resume=True` continues `out`."""
     if resume:
         return train(None, out, resume=True, log=log)
+    if steps < 1:
+        raise UserError(f"--steps {steps} must be at least 1.")
     cfg = read_run_config(sparse_run)
     # the corpus the sparse run reads (a shipped run: the default source in its own tokens)
     cfg.data.corpus = str(corpus_for_run(cfg.data.corpus, Path(sparse_run) / "tokenizer.json",

@@ -27,7 +27,8 @@ def _model(seed=0, **kw):
     return GPT(ModelConfig(**cfg)).eval()
 
 
-def _identity_bridges(model) -> Bridges:
+def identity_bridges(model) -> Bridges:
+    """Bridges of a model to an exact copy of itself: every encoder and decoder the identity."""
     d = model.cfg.d_model
     b = Bridges(model.resid_names(), d, d, afrac=1.0)
     with torch.no_grad():
@@ -54,7 +55,7 @@ def test_a_pass_started_at_a_residual_location_continues_the_full_pass():
 def test_a_model_bridged_to_an_exact_copy_through_identity_bridges_has_zero_nmse_and_kl():
     model = _model()
     copy = _model()
-    bridges = _identity_bridges(model)
+    bridges = identity_bridges(model)
     idx = torch.randint(0, 64, (4, 17))
     loss, parts = bridged_loss(model, copy, bridges, idx[:, :-1], idx[:, 1:], BridgeConfig("d", "h"))
     assert parts["nmse_enc"] == pytest.approx(0, abs=1e-10)
@@ -71,7 +72,7 @@ def test_a_model_bridged_to_an_exact_copy_through_identity_bridges_has_zero_nmse
 
 def test_the_bridge_losses_see_a_wrong_bridge():
     model, other = _model(0), _model(1)
-    bridges = _identity_bridges(model)
+    bridges = identity_bridges(model)
     idx = torch.randint(0, 64, (4, 17))
     _, parts = bridged_loss(model, other, bridges, idx[:, :-1], idx[:, 1:], BridgeConfig("d", "h"))
     assert parts["nmse_enc"] > 0.1 and parts["nmse_dec"] > 0.1

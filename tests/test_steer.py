@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from sparsecircuits.bridges import Bridges, steer
+from sparsecircuits.bridges import steer
 from sparsecircuits.bridges.core import BridgeConfig, residual_rms
 from sparsecircuits.bridges.steer import steered_logits, steering_vector
 from sparsecircuits.bridges.store import load_bridges, load_dense, save_bridges
@@ -20,6 +20,7 @@ from sparsecircuits.circuits.ablation import model_hash
 from sparsecircuits.corpus import Corpus
 from sparsecircuits.train import val_windows
 
+from .test_bridges import identity_bridges
 from .test_circuits_cli import planted_run  # noqa: F401  (a fixture)
 from .test_cli import assert_one_line_error, run_cli
 from .test_explain import planted_circuit  # noqa: F401  (a fixture)
@@ -36,12 +37,7 @@ def bridged(planted_circuit, corpus_dir, tmp_path_factory):  # noqa: F811
     shutil.copytree(run, out)
     model, _ = load(out)
     dense, _ = load(dense_run)
-    size = model.cfg.d_model
-    bridges = Bridges(model.resid_names(), size, size, afrac=1.0)
-    with torch.no_grad():
-        for lin in list(bridges.enc) + list(bridges.dec):
-            lin.weight.copy_(torch.eye(size))
-            lin.bias.zero_()
+    bridges = identity_bridges(model)
     windows = val_windows(Corpus(corpus_dir).val, 8, model.cfg.block_size)
     cfg = BridgeConfig(str(dense_run), model_hash(dense), frozen=True, afrac=1.0,
                        rms=dict(sparse=residual_rms(model, windows), dense=residual_rms(dense, windows)))

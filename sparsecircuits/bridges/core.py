@@ -123,7 +123,7 @@ def kl_locations(n: int, cfg: BridgeConfig, seed: int, step: int) -> list[int]:
     as a pure function of (seed, step), so a resumed run draws the same ones."""
     if not cfg.kl_sites or cfg.kl_sites >= n:
         return list(range(n))
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 7)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 7)  # + 7: not the batch stream
     return sorted(torch.randperm(n, generator=g)[:cfg.kl_sites].tolist())
 
 

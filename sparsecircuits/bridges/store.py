@@ -14,10 +14,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
-from ..checkpoint import _read_safetensors, atomic_write, atomic_write_text, load
+from ..checkpoint import (_read_safetensors, adam_moments, atomic_write, atomic_write_text, load,
+                          restore_adam_moments)
 from ..circuits.ablation import model_hash
 from ..errors import UserError
 from .core import BRIDGES_FILE, BRIDGES_META, BRIDGES_OPTIM, BridgeConfig, Bridges
@@ -66,13 +66,7 @@ def save_bridges(run_dir: Path, bridges: Bridges, optimizer, cfg: BridgeConfig, 
                 afrac=repr(bridges.afrac))
     weights = {k: v.detach().cpu().contiguous() for k, v in bridges.state_dict().items()}
     if optimizer is not None:
-        moments = {}
-        for name, p in bridges.named_parameters():
-            st = optimizer.state.get(p)
-            if st:
-                moments[f"{name}.exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
-                moments[f"{name}.exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
-                moments[f"{name}.step"] = torch.as_tensor(st["step"]).detach().cpu().reshape(1)
+        moments = adam_moments(bridges, optimizer)
         atomic_write(run_dir / BRIDGES_OPTIM,
                      lambda t: save_file(moments, t, metadata=dict(step=step)))
     atomic_write(run_dir / BRIDGES_FILE, lambda t: save_file(weights, t, metadata=meta))
@@ -112,8 +106,4 @@ def load_bridge_moments(run_dir: Path, bridges: Bridges, optimizer, step: int) -
         raise UserError(f"{path} is from step {meta.get('step')}, the run from step {step}; "
                         "the checkpoint is inconsistent, probably from an interrupted write; "
                         "start a new run.")
-    for name, p in bridges.named_parameters():
-        if f"{name}.exp_avg" in moments:
-            optimizer.state[p] = dict(step=moments[f"{name}.step"].reshape(()).clone(),
-                                      exp_avg=moments[f"{name}.exp_avg"].to(p.device),
-                                      exp_avg_sq=moments[f"{name}.exp_avg_sq"].to(p.device))
+    restore_adam_moments(bridges, optimizer, moments)
