@@ -4,8 +4,10 @@ The exported folder is an ordinary run folder (`load`, `eval`, `prune` read it);
 are stored in float16 or bfloat16 and upcast on load, so the released model *is* the rounded
 one. A sparse model's weight tensors are stored as their nonzeros (positions and values) where
 that is smaller. Its `trainer_state.json` records the val loss of those rounded weights (and
-the full-precision one beside it). Rounding must not change the sparsity pattern: a nonzero
-weight under the weight budget too small for the chosen format is an error, not a silent zero.
+the full-precision one beside it). A bridged run's bridges come along (without their optimizer
+state), bound to the rounded sparse model and measured again with it. Rounding must not change
+the sparsity pattern: a nonzero weight under the weight budget too small for the chosen format
+is an error, not a silent zero.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .bridges.store import has_bridges, load_bridges, save_bridges, write_bridge_config
 from .checkpoint import (MODEL_FILE, STATE_FILE, _umask, load, output_dir, read_run_config,
                          read_trainer_state, sparsify, versions)
 from .errors import UserError
@@ -58,7 +61,15 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
             meta["sparse"] = json.dumps(shapes)
         save_file(tensors, str(tmp / MODEL_FILE), metadata=meta)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        val = evaluate(tmp).val_loss
+        if has_bridges(run_dir):
+            bridges, bcfg = load_bridges(run_dir, model)
+            exported, _ = load(tmp)
+            save_bridges(tmp, bridges, None, bcfg, exported)  # bound to the rounded weights
+        report = evaluate(tmp)
+        val = report.val_loss
+        if report.bridges:
+            bcfg.eval = report.bridges["eval"]
+            write_bridge_config(tmp, bcfg)
         state = dict(state, val_loss=val, val_loss_float32=state.get("val_loss"), dtype=dtype)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a release is for others to read

@@ -189,3 +189,29 @@ def test_eval_of_a_bridged_run_shows_every_location(corpus_dir, dense_run, tmp_p
     code, out, _ = run_cli(capsys, "eval", str(tmp_path / "b"), "--json")
     assert set(json.loads(out)["bridges"]["eval"]["locations"]) == {
         "blocks.0.resid_pre", "blocks.0.resid_mid", "blocks.1.resid_pre", "blocks.1.resid_mid"}
+
+
+def test_a_bridged_run_moves_with_its_dense_run_and_exports_with_its_bridges(corpus_dir,
+                                                                              dense_run, tmp_path):
+    from sparsecircuits.release import export_run
+    home = tmp_path / "home"
+    shutil.copytree(dense_run, home / "dense")
+    sparse = train(tiny_config(corpus_dir, train=dict(max_steps=5)), tmp_path / "s", log=quiet)
+    bridge(sparse, home / "dense", home / "bridged", steps=5, log=quiet)
+    assert json.loads((home / "bridged" / "bridges.json").read_text())["dense_run"] == "../dense"
+    moved = tmp_path / "elsewhere"
+    shutil.move(home, moved)
+    model, _ = load(moved / "bridged")
+    _, cfg = load_bridges(moved / "bridged", model)
+    assert load_dense(cfg) is not None and cfg.dense_run == str((moved / "dense").resolve())
+
+    out = export_run(moved / "bridged", moved / "release", log=quiet)
+    assert not (out / "bridges.optimizer.safetensors").exists()
+    released, _ = load(out)  # the rounded weights: the bridges are bound to them now
+    bridges, rcfg = load_bridges(out, released)
+    original, _ = load_bridges(moved / "bridged", model)
+    assert all(torch.equal(a, b) for a, b in zip(bridges.state_dict().values(),
+                                                  original.state_dict().values()))
+    assert rcfg.sparse_hash != cfg.sparse_hash and rcfg.dense_hash == cfg.dense_hash
+    assert json.loads((out / "bridges.json").read_text())["dense_run"] == "../dense"
+    assert set(rcfg.eval["locations"]) == set(cfg.eval["locations"])

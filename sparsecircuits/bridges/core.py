@@ -39,7 +39,7 @@ BRIDGES_OPTIM = "bridges.optimizer.safetensors"
 @dataclass
 class BridgeConfig:
     """How a run's bridges were made: saved as `bridges.json` beside the model."""
-    dense_run: str                 # the dense run's folder, as given
+    dense_run: str                 # the dense run's folder (on disk: relative to this run's)
     dense_hash: str                # its weights' content hash, checked on every load
     frozen: bool = False           # True: both models frozen (`bridge`); False: joint training
     afrac: float = 0.25            # the encoders' AbsTopK keep fraction

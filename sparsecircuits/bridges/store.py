@@ -5,12 +5,15 @@
     bridges.optimizer.safetensors    their Adam moments (resuming); metadata: step
 
 A bridge file is bound to one pair of models: the dense run's weights hash is checked on every
-load, and so is the sparse model's (recorded when the bridges were saved with it).
+load, and so is the sparse model's (recorded when the bridges were saved with it). The dense run
+is recorded relative to the bridged run's folder, so the two can move together (a release ships
+both); in memory `BridgeConfig.dense_run` is always an absolute path.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,9 +37,11 @@ def read_bridge_config(run_dir: str | Path) -> BridgeConfig:
                         "`sparsecircuits train --bridge-to DENSE_RUN` or make bridges with "
                         "`sparsecircuits bridge SPARSE_RUN DENSE_RUN --out DIR`.")
     try:
-        return BridgeConfig.from_dict(json.loads(path.read_text()))
+        cfg = BridgeConfig.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
         raise UserError(f"{path} is corrupt; restore it or make the bridges again.") from None
+    cfg.dense_run = str((Path(run_dir) / cfg.dense_run).resolve())  # an absolute one stays
+    return cfg
 
 
 def load_dense(cfg: BridgeConfig, sparse=None):
@@ -70,7 +75,14 @@ def save_bridges(run_dir: Path, bridges: Bridges, optimizer, cfg: BridgeConfig, 
         atomic_write(run_dir / BRIDGES_OPTIM,
                      lambda t: save_file(moments, t, metadata=dict(step=step)))
     atomic_write(run_dir / BRIDGES_FILE, lambda t: save_file(weights, t, metadata=meta))
-    atomic_write_text(run_dir / BRIDGES_META, json.dumps(asdict(cfg), indent=1))
+    write_bridge_config(run_dir, cfg)
+
+
+def write_bridge_config(run_dir: Path, cfg: BridgeConfig) -> None:
+    """`bridges.json`, with the dense run's path relative to `run_dir`."""
+    d = asdict(cfg)
+    d["dense_run"] = os.path.relpath(Path(cfg.dense_run).resolve(), Path(run_dir).resolve())
+    atomic_write_text(Path(run_dir) / BRIDGES_META, json.dumps(d, indent=1))
 
 
 def load_bridges(run_dir: str | Path, sparse) -> tuple[Bridges, BridgeConfig]:
