@@ -195,6 +195,17 @@ def cmd_export(a):
     export_run(a.run_dir, a.out, dtype=a.dtype)
 
 
+def cmd_import_circuit_sparsity(a):
+    from .importers import import_circuit_sparsity
+    import_circuit_sparsity(a.src, a.out, tokenizer_dir=a.tokenizer_dir, inert=a.inert,
+                            corpus=a.corpus)
+
+
+def cmd_import_hf_gpt2(a):
+    from .importers import import_hf_gpt2
+    import_hf_gpt2(a.name, a.out, corpus=a.corpus)
+
+
 def _log_now(*args):
     print(*args, flush=True)  # progress lines appear as they happen, also through a pipe
 
@@ -404,6 +415,29 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, metavar="DIR")
     ex.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ex.set_defaults(fn=cmd_export)
+
+    im = sub.add_parser("import", help="a model trained elsewhere as a run folder: the paper's "
+                        "released models, or a Hugging Face GPT-2")
+    isub = im.add_subparsers(dest="source", metavar="SOURCE", required=True)
+    ic = isub.add_parser("circuit-sparsity", help="a circuit-sparsity release folder "
+                         "(beeg_config.json, final_model.pt)")
+    ic.add_argument("src", metavar="DIR")
+    ic.add_argument("--out", required=True, metavar="RUN_DIR")
+    ic.add_argument("--tokenizer-dir", metavar="DIR",
+                    help="the folder with the release's vocab.bpe and encoder.json "
+                         "(default: DIR itself)")
+    ic.add_argument("--inert", nargs="+", default=[], metavar="KEY",
+                    help="config keys you know have no effect on the forward pass")
+    ic.set_defaults(fn=cmd_import_circuit_sparsity)
+    ih = isub.add_parser("hf-gpt2", help="a transformers GPT-2: a hub name (needs network) or "
+                         "a folder saved with save_pretrained")
+    ih.add_argument("name", metavar="NAME_OR_DIR")
+    ih.add_argument("--out", required=True, metavar="RUN_DIR")
+    ih.set_defaults(fn=cmd_import_hf_gpt2)
+    for x in (ic, ih):
+        x.add_argument("--corpus", metavar="DIR",
+                       help="a corpus built with the model's tokenizer, read by eval, prune and "
+                            "the rest (default: the standard library, tokenized on first use)")
 
     d = sub.add_parser("demo", help="the main job: circuits in the shipped sparse and dense "
                        "models, compared, validated and shown")

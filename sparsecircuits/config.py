@@ -22,6 +22,10 @@ SITE_KINDS = (
 )
 
 
+NORMS = ("rms", "layer")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+
+
 @dataclass
 class ModelConfig:
     n_layer: int = 2
@@ -37,6 +41,15 @@ class ModelConfig:
     sink: bool = False             # per-head attention sink logit
     d_pos_emb: int = 0             # learned position channels appended to every sublayer input
     init_std: float = 0.02
+    # Variants that imported models need; the defaults are the paper's model, unchanged.
+    norm: str = "rms"              # "rms" (RMSNorm, gain only) or "layer" (LayerNorm)
+    norm_bias: bool = False        # a LayerNorm bias beside its gain
+    norm_eps: float = 1e-6
+    activation: str = "gelu"       # MLP neurons: "gelu" (exact), "gelu_tanh" or "relu"
+    added_pos: bool = False        # learned positions (block_size, d_model) added to the embedding
+    pos_norm: bool = False         # position channels normed per sublayer (ln_p1, ln_p2) and read
+    #                                by the sublayer's input site with the residual (see model.py)
+    logits_bias: bool = False      # a learned bias on the logits
 
     @property
     def n_head(self) -> int:
@@ -60,6 +73,19 @@ class ModelConfig:
                                 f"valid sites: {', '.join(SITE_KINDS)}.")
         if self.d_pos_emb < 0:
             raise UserError("model.d_pos_emb must be >= 0 (0 means no position channels).")
+        for name, allowed in (("norm", NORMS), ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"model.{name}='{getattr(self, name)}' is unknown; use one of "
+                                f"{', '.join(allowed)}.")
+        if self.norm_bias and self.norm != "layer":
+            raise UserError("model.norm_bias needs model.norm='layer' (RMSNorm has no bias).")
+        if self.norm_eps <= 0:
+            raise UserError(f"model.norm_eps={self.norm_eps} must be positive.")
+        if self.added_pos and self.d_pos_emb:
+            raise UserError("model.added_pos and model.d_pos_emb exclude each other: positions "
+                            "are either added to the embedding or appended as channels.")
+        if self.pos_norm and not self.d_pos_emb:
+            raise UserError("model.pos_norm needs position channels (model.d_pos_emb > 0).")
 
 
 @dataclass

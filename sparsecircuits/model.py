@@ -12,6 +12,9 @@ patching and steering are all hooks; there is no other forward pass.
     blocks.{l}.mlp.out    the MLP's write to the residual stream        (B, T, d_model)
 
 Channel c of head h is index h*d_head + c of q/k/v, the column order of `attn.c_proj`.
+With `pos_norm` (the released format's position channels) the input sites `attn.in` and
+`mlp.in` read d_model + d_pos_emb channels: the normed residual, then the normed positions.
+The norms are RMSNorm unless the config asks for LayerNorm (imported models).
 
 The residual stream itself is read (and may be replaced) before each sublayer's RMSNorm, at
 the residual locations `blocks.{l}.resid_pre` (before the attention) and `blocks.{l}.resid_mid`
@@ -34,17 +37,33 @@ from .sparsity import SparseTensor, abstopk
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float = 1e-6):
+class Norm(nn.Module):
+    """RMSNorm (gain only; the paper's) or LayerNorm (gain, optional bias; imported models).
+
+    `scale_fn` rewrites the per-token scale (1/rms, or 1/std for LayerNorm) before it is used:
+    the norm hooks replay a clean pass's scales through it."""
+
+    def __init__(self, d: int, kind: str = "rms", eps: float = 1e-6, bias: bool = False):
         super().__init__()
-        self.eps = eps
+        self.kind, self.eps = kind, eps
         self.weight = nn.Parameter(torch.ones(d))
+        self.bias = nn.Parameter(torch.zeros(d)) if bias else None
 
     def forward(self, x, scale_fn=None):
+        shape = (x.shape[-1],)
         if scale_fn is None:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+            if self.kind == "rms":
+                return F.rms_norm(x, shape, self.weight, self.eps)
+            return F.layer_norm(x, shape, self.weight, self.bias, self.eps)
+        if self.kind == "layer":
+            x = x - x.mean(-1, keepdim=True)
         scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return x * scale_fn(scale) * self.weight
+        y = x * scale_fn(scale) * self.weight
+        return y if self.bias is None else y + self.bias
+
+
+def make_norm(cfg: ModelConfig, d: int | None = None) -> Norm:
+    return Norm(cfg.d_model if d is None else d, cfg.norm, cfg.norm_eps, cfg.norm_bias)
 
 
 class Attention(nn.Module):
@@ -75,35 +94,53 @@ class Attention(nn.Module):
         return site("out", self.c_proj(y))
 
 
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+               "relu": F.relu}
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(cfg.d_model + cfg.d_pos_emb, cfg.d_mlp)
         self.c_proj = nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, h, site):
-        return site("out", self.c_proj(site("neuron", F.gelu(self.c_fc(h)))))
+        return site("out", self.c_proj(site("neuron", self.act(self.c_fc(h)))))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1, self.attn = RMSNorm(cfg.d_model), Attention(cfg)
-        self.ln_2, self.mlp = RMSNorm(cfg.d_model), MLP(cfg)
+        self.ln_1, self.attn = make_norm(cfg), Attention(cfg)
+        self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
+        if cfg.pos_norm:
+            self.ln_p1, self.ln_p2 = make_norm(cfg, cfg.d_pos_emb), make_norm(cfg, cfg.d_pos_emb)
+        self.pos_norm = cfg.pos_norm
 
     def sublayer(self, which: str, x, site, pos, norm):
-        """The write of sublayer `which` ("attn" or "mlp") to the residual stream `x`."""
+        """The write of sublayer `which` ("attn" or "mlp") to the residual stream `x`.
+
+        Position channels `pos` (if any) are appended to the normed residual: after its input
+        site (the paper's model), or, with `pos_norm`, normed by their own gain and then read by
+        the input site together with the residual (AbsTopK over both; the released format)."""
         def sub_site(kind, t):
             return site(f"{which}.{kind}", t)
 
         ln, layer, ln_name = ((self.ln_1, self.attn, "ln_1") if which == "attn"
                               else (self.ln_2, self.mlp, "ln_2"))
-        return layer(_with_pos(sub_site("in", ln(x, norm(ln_name))), pos), sub_site)
+        h = ln(x, norm(ln_name))
+        if pos is None:
+            return layer(sub_site("in", h), sub_site)
+        if not self.pos_norm:
+            return layer(_cat_pos(sub_site("in", h), pos), sub_site)
+        ln_p = self.ln_p1 if which == "attn" else self.ln_p2
+        return layer(sub_site("in", _cat_pos(h, ln_p(pos))), sub_site)
 
 
-def _with_pos(h, pos):
-    """Append the read-only position channels (if any) to a sublayer's input."""
-    return h if pos is None else torch.cat([h, pos.expand(h.shape[0], -1, -1)], dim=-1)
+def _cat_pos(h, pos):
+    """Append the position channels (1, T, d_pos_emb) to every sequence of `h`."""
+    return torch.cat([h, pos.expand(h.shape[0], -1, -1)], dim=-1)
 
 
 class GPT(nn.Module):
@@ -112,10 +149,12 @@ class GPT(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.d_pos_emb) if cfg.d_pos_emb else None
+        d_pos = cfg.d_model if cfg.added_pos else cfg.d_pos_emb
+        self.wpe = nn.Embedding(cfg.block_size, d_pos) if d_pos else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = RMSNorm(cfg.d_model)
+        self.ln_f = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.logits_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.logits_bias else None
         if cfg.bigram and cfg.learnable_bigram:
             self.bigram = nn.Parameter(torch.empty(cfg.vocab_size, cfg.vocab_size))
         elif cfg.bigram:
@@ -140,7 +179,7 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name == "bigram":
                 p.uniform_(0, 0.02, generator=generator)
-            elif name.endswith(".bias") or name.endswith(".sink"):
+            elif name.endswith((".bias", ".sink")) or name == "logits_bias":
                 p.zero_()
             elif name.startswith("ln_") or ".ln_" in name:
                 p.fill_(1.0)
@@ -152,8 +191,9 @@ class GPT(nn.Module):
 
     def site_dim(self, kind: str) -> int:
         c = self.cfg
+        d_in = c.d_model + (c.d_pos_emb if c.pos_norm else 0)
         return {"attn.q": c.d_attn, "attn.k": c.d_attn, "attn.v": c.d_attn,
-                "mlp.neuron": c.d_mlp}.get(kind, c.d_model)
+                "mlp.neuron": c.d_mlp, "attn.in": d_in, "mlp.in": d_in}.get(kind, c.d_model)
 
     def site_names(self) -> list[str]:
         return [f"blocks.{l}.{kind}" for l in range(self.cfg.n_layer) for kind in SITE_KINDS]
@@ -236,8 +276,14 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens exceeds block_size={self.cfg.block_size}")
         if start is not None and start[0] not in self.resid_names():
             raise KeyError(f"unknown residual location {start[0]!r}")
-        x = self.wte(idx) if start is None else None
         pos = self.wpe(torch.arange(T, device=idx.device)).unsqueeze(0) if self.wpe else None
+        x = None
+        if start is None:
+            x = self.wte(idx)
+            if self.cfg.added_pos:
+                x = x + pos
+        if self.cfg.added_pos:
+            pos = None  # in the stream now, not appended to sublayer inputs
         for l, block in enumerate(self.blocks):
             prefix = f"blocks.{l}."
 
@@ -265,6 +311,8 @@ class GPT(nn.Module):
             rows = torch.arange(B, device=idx.device)
             x, idx = x[rows, at].unsqueeze(1), idx[rows, at].unsqueeze(1)
         logits = self.lm_head(self.ln_f(x, self._norm_fn("ln_f")))
+        if self.logits_bias is not None:
+            logits = logits + self.logits_bias
         if self.bigram is not None:
             logits = logits + F.embedding(idx, self.bigram)  # deterministic backward
         if at is not None:
@@ -278,11 +326,12 @@ class GPT(nn.Module):
 
         Reads (`c_attn`, `c_fc`) keep >= j inputs per output row; writes (`c_proj`) keep >= j
         outputs per input column. Embeddings, the unembedding and biases use plain top-k. The
-        bigram table, RMSNorm gains and sink logits stay dense.
+        bigram table, norm gains and biases, sink logits and a logits bias stay dense.
         """
         out = []
         for name, p in self.named_parameters():
-            if name == "bigram" or p.ndim == 1 and not name.endswith(".bias"):
+            if (name in ("bigram", "logits_bias") or name.startswith("ln_") or ".ln_" in name
+                    or p.ndim == 1 and not name.endswith(".bias")):
                 continue
             if name.endswith(("c_attn.weight", "c_fc.weight")):
                 out.append(SparseTensor(name, p, "matrix", floor_axis=1))
