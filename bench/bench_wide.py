@@ -87,7 +87,7 @@ def main():
                                          derive_edges)
     from sparsecircuits.circuits.ablation import model_hash
     from sparsecircuits.circuits.pruning import TaskSplit, resolve_values, train_masks
-    from sparsecircuits.circuits.search import open_run, task_reference
+    from sparsecircuits.circuits.search import frozen, open_run, task_reference
     from sparsecircuits.corpus import corpus_for_run
     from sparsecircuits.demo import shipped_runs
     from sparsecircuits.explain import gather
@@ -132,7 +132,8 @@ def main():
         split = TaskSplit(model, tok, task, cfg)
         values = resolve_values(model, cfg, split, stats)
         t = time.time()
-        train_masks(model, split.train, values, cfg, layout, log=None)
+        with frozen(model):  # as the search runs it: no weight gradients
+            train_masks(model, split.train, values, cfg, layout, log=None)
         per = (time.time() - t) / a.steps
         stage(f"mask training, {a.steps} steps", t,
               f"{per:.2f} s/step; a default trial ({PruneConfig().steps} steps) "

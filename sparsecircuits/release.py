@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from .bridges.store import has_bridges, load_bridges, save_bridges, write_bridge_config
+from .importers import PROVENANCE_FILE
 from .checkpoint import (MODEL_FILE, STATE_FILE, _umask, load, output_dir, read_run_config,
                          read_trainer_state, sparsify, versions)
 from .errors import UserError
@@ -37,7 +38,8 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} already exists and is not an empty folder; choose another --out.")
     model, _ = load(run_dir)
-    state = read_trainer_state(run_dir)
+    imported = (run_dir / PROVENANCE_FILE).is_file()  # nothing trained here: no trainer state
+    state = {} if imported else read_trainer_state(run_dir)
     dense = read_run_config(run_dir).sparsity.is_dense  # no pattern to keep
     patterned = set() if dense else {st.name for st in model.sparse_tensors()}
     tensors = {}
@@ -51,16 +53,15 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
     output_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for f in ("config.json", "tokenizer.json", "metrics.jsonl"):
+        for f in ("config.json", "tokenizer.json", "metrics.jsonl", PROVENANCE_FILE):
             if (run_dir / f).is_file():
                 shutil.copy(run_dir / f, tmp / f)
-        meta = dict(format="sparsecircuits", step=str(state["step"]), dtype=dtype,
+        meta = dict(format="sparsecircuits", step=str(state.get("step", 0)), dtype=dtype,
                     exported_from=str(run_dir.resolve()), versions=json.dumps(versions()))
         tensors, shapes = sparsify(tensors, patterned)
         if shapes:
             meta["sparse"] = json.dumps(shapes)
         save_file(tensors, str(tmp / MODEL_FILE), metadata=meta)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         if has_bridges(run_dir):
             bridges, bcfg = load_bridges(run_dir, model)
             exported, _ = load(tmp)
@@ -71,7 +72,8 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
             bcfg.eval = report.bridges["eval"]
             write_bridge_config(tmp, bcfg)
         state = dict(state, val_loss=val, val_loss_float32=state.get("val_loss"), dtype=dtype)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        if not imported:
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a release is for others to read
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~_umask())
@@ -81,6 +83,7 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"exported {run_dir} to {out} in {dtype}: val loss {val:.4f} "
-        f"(float32: {state['val_loss_float32']:.4f})")
+    full = state["val_loss_float32"]
+    log(f"exported {run_dir} to {out} in {dtype}: val loss {val:.4f}"
+        + (f" (float32: {full:.4f})" if full is not None else ""))
     return out

@@ -330,6 +330,13 @@ r = {fill}
     assert code == 0, err
     code, out, err = run_cli(capsys, "eval", str(run), "--tasks", str(task))
     assert code == 0, err
+    code, out, err = run_cli(capsys, "trace", str(run), "--circuit", str(circuit), "--prompt",
+                             f" if for return{w['a']}")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "export", str(run), "--out", str(tmp_path / "half"))
+    assert code == 0, err
+    assert read_provenance(tmp_path / "half")["source"] == "circuit-sparsity"
+    assert not (tmp_path / "half" / "trainer_state.json").exists()  # nothing trained here
 
 
 # ----------------------------------------------------------------------------- GPT-2

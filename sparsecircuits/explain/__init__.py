@@ -48,6 +48,11 @@ def run_info(run_dir, model) -> dict:
             "sparsity": f"weight density {s.weight_density:g} (embeddings, biases "
                         f"{s.other_density:g}), activation keep fraction {m.afrac:g}",
             "nonzero parameters": _nonzero(model)}
+    from ..importers import read_provenance
+    prov = read_provenance(run_dir)
+    if prov:
+        info["imported"] = (f"{prov['source']} model from {prov.get('folder') or prov.get('name')}"
+                            " (provenance.json)")
     state = Path(run_dir) / "trainer_state.json"
     if state.is_file():
         st = json.loads(state.read_text())
