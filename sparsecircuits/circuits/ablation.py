@@ -57,14 +57,20 @@ def model_hash(model) -> str:
 
 @torch.no_grad()
 def site_activations(model, idx: torch.Tensor, names=None, flatten: bool = True,
-                     batch: int = 16) -> dict[str, torch.Tensor]:
+                     batch: int = 16, channels: dict[str, list[int]] | None = None
+                     ) -> dict[str, torch.Tensor]:
     """Full-model activations at `names` (default: every site) on token windows `idx` (N, T):
-    (N*T, dim) per site, or (N, T, dim) with flatten=False."""
+    (N*T, dim) per site, or (N, T, dim) with flatten=False. With `channels` (site -> indices),
+    only those channels of each site are kept, in that order (a wide model's sites are large)."""
     out: dict[str, list[torch.Tensor]] = {}
     device = next(model.parameters()).device
+    if channels is not None:
+        names = list(channels) if names is None else names
     for i in range(0, len(idx), batch):
         _, cache = model.run_with_cache(idx[i:i + batch].to(device), names=names)
         for name, x in cache.items():
+            if channels is not None:
+                x = x[..., channels[name]]
             x = x.float().cpu()
             out.setdefault(name, []).append(x.reshape(-1, x.shape[-1]) if flatten else x)
     return {k: torch.cat(v) for k, v in out.items()}

@@ -43,7 +43,9 @@ def node_cards(circuit: Circuit, model, tok, *, val_tokens: np.ndarray, test: Ta
         return []
     sites = sorted({n.site for n in nodes}, key=model.site_names().index)
     idx = val_windows(val_tokens, windows, model.cfg.block_size)[:, :-1]
-    acts = site_activations(model, idx, names=sites, flatten=False)
+    channels = {s: sorted(n.index for n in nodes if n.site == s) for s in sites}
+    col = {n: channels[n.site].index(n.index) for n in nodes}  # the node's column in `acts`
+    acts = site_activations(model, idx, flatten=False, channels=channels)
     flat_ids = idx.reshape(-1)
     T = idx.shape[1]
 
@@ -62,7 +64,7 @@ def node_cards(circuit: Circuit, model, tok, *, val_tokens: np.ndarray, test: Ta
 
     cards = []
     for i, node in enumerate(nodes):
-        a = acts[node.site][..., node.index].reshape(-1)
+        a = acts[node.site][..., col[node]].reshape(-1)
         mag = a.abs()
         peak = float(mag.max())
         order = torch.argsort(mag, descending=True)
@@ -78,7 +80,7 @@ def node_cards(circuit: Circuit, model, tok, *, val_tokens: np.ndarray, test: Ta
             used.add((w, t // (before + after)))
             lo, hi = max(0, t - before), min(T, t + after + 1)
             ctxs.append(dict(tokens=token_text(tok, idx[w, lo:hi]),
-                             acts=[round(float(x), 4) for x in acts[node.site][w, lo:hi, node.index]],
+                             acts=[round(float(x), 4) for x in acts[node.site][w, lo:hi, col[node]]],
                              at=t - lo))
         ta = task_acts[node.site][:, node.index]
         delta = None
