@@ -56,6 +56,16 @@ def model_hash(model) -> str:
 
 
 @torch.no_grad()
+def site_batches(model, idx: torch.Tensor, batch: int = 16):
+    """(first row, {site: (b, T, dim) float32 activations on the CPU}) for each batch of the
+    token windows `idx`, every site: statistics are summed batch by batch, since a wide model's
+    activations of thousands of tokens at every site do not fit in memory at once."""
+    device = next(model.parameters()).device
+    for i in range(0, len(idx), batch):
+        _, cache = model.run_with_cache(idx[i:i + batch].to(device))
+        yield i, {k: v.float().cpu() for k, v in cache.items()}
+
+
 def site_activations(model, idx: torch.Tensor, names=None, flatten: bool = True,
                      batch: int = 16, channels: dict[str, list[int]] | None = None
                      ) -> dict[str, torch.Tensor]:
@@ -91,11 +101,19 @@ class PretrainingStats:
                             f"context of {block}; build a larger corpus.")
         from ..train import val_windows
         idx = val_windows(data, windows, block)[:, :-1]  # evenly spaced contexts of `block`
-        acts = site_activations(model, idx)
         g = torch.Generator().manual_seed(seed)
-        n_tok = next(iter(acts.values())).shape[0]
-        pick = torch.randperm(n_tok, generator=g)[:bank_size]
-        return cls({k: v.mean(0) for k, v in acts.items()}, {k: v[pick] for k, v in acts.items()})
+        T, n_tok = idx.shape[1], idx.numel()
+        pick = torch.randperm(n_tok, generator=g)[:bank_size]  # the bank's tokens, in order
+        sums: dict[str, torch.Tensor] = {}
+        bank: dict[str, torch.Tensor] = {}
+        for i, acts in site_batches(model, idx):
+            lo, hi = i * T, i * T + next(iter(acts.values())).shape[0] * T
+            here = (pick >= lo) & (pick < hi)
+            for k, v in acts.items():
+                flat = v.reshape(-1, v.shape[-1])
+                sums[k] = sums.get(k, 0) + flat.sum(0, dtype=torch.float64)
+                bank.setdefault(k, torch.empty(len(pick), flat.shape[-1]))[here] = flat[pick[here] - lo]
+        return cls({k: (v / n_tok).float() for k, v in sums.items()}, bank)
 
     @classmethod
     def cached(cls, model, corpus, log=print) -> PretrainingStats:
@@ -128,10 +146,14 @@ def _corpus_key(corpus) -> str:
 
 def task_means(model, idx: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-node means over every real (unpadded) token of the task prompts `idx`."""
-    acts = site_activations(model, idx)
-    T = idx.shape[1]
-    real = (torch.arange(T)[None, :] < lengths[:, None]).reshape(-1)
-    return {k: v[real].mean(0) for k, v in acts.items()}
+    real = torch.arange(idx.shape[1])[None, :] < lengths[:, None]
+    sums: dict[str, torch.Tensor] = {}
+    for i, acts in site_batches(model, idx):
+        for k, v in acts.items():
+            r = real[i:i + len(v)]
+            sums[k] = sums.get(k, 0) + v[r].sum(0, dtype=torch.float64)
+    n = int(real.sum())
+    return {k: (v / n).float() for k, v in sums.items()}
 
 
 def ablation_values(kind: Ablation | str, model, *, stats: PretrainingStats | None = None,

@@ -105,13 +105,14 @@ def run_trial(model, split: TaskSplit, values, cfg: PruneConfig, targets, bound:
                       for order in masks.orders()]
         found, edges = {}, {}
         for t in sorted(targets, reverse=True):
-            at = []   # the fewest edges wins, as over trials (not the fewest nodes)
+            at = []   # the fewest edges wins, then the fewest nodes, as over trials
             for j in judges:
                 if (k := j.smallest(t, masks.kept)) is not None:
                     keep = j.keep(k)
-                    at.append((count_edges(model, layout.to_sets(keep)), j(k).loss, keep, j(k)))
+                    at.append((count_edges(model, layout.to_sets(keep)), k, j(k).loss, keep,
+                               j(k)))
             if at:
-                n, _, keep, probe = min(at, key=lambda a: a[:2])
+                n, _, _, keep, probe = min(at, key=lambda a: a[:3])
                 found[t], edges[t] = (keep, probe), n
     return TrialResult(cfg, masks.curve, masks.still_falling, found, edges,
                        [sorted((k, p.loss) for k, p in j.probes.items()) for j in judges],
