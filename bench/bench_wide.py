@@ -2,7 +2,7 @@
 released `csp_yolo2` (d_model 2048, d_mlp 8192, 128 heads of 16, matrices at 1/1024 density,
 AbsTopK 1/4 at every node site), on a synthetic checkpoint in the release's format.
 
-    python bench/bench_wide.py [--layers 2] [--d-model 2048] [--steps 4] [--pairs 32]
+    python bench/bench_wide.py [--layers 2] [--d-model 2048] [--steps 4] [--pairs N]
                                [--nodes 60] [--task single_double_quote]
 
 Stages, each with its wall time and the process's peak resident memory so far: writing the
@@ -78,7 +78,8 @@ def main():
     ap.add_argument("--d-model", type=int, default=2048)
     ap.add_argument("--density", type=float, default=1 / 1024)
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--pairs", type=int, default=32)
+    ap.add_argument("--pairs", type=int, default=None,
+                    help="pairs per mask-training step (default: PruneConfig's)")
     ap.add_argument("--nodes", type=int, default=60)
     ap.add_argument("--task", default="single_double_quote")
     a = ap.parse_args()
@@ -107,6 +108,24 @@ def main():
         print(f"{name:<34} {rows[-1][1]:8.1f} s   peak RSS {rows[-1][2]:8.0f} MiB   {extra}",
               flush=True)
 
+    def mask_step(model, tok, stats, steps):
+        """Seconds per mask-training step, as the search runs it (weights frozen)."""
+        task = get_task(a.task)
+        pairs = a.pairs or PruneConfig().batch_pairs
+        cfg = PruneConfig(steps=steps, batch_pairs=pairs, train_pairs=max(64, pairs),
+                          val_pairs=64).validate()
+        split = TaskSplit(model, tok, task, cfg)
+        values = resolve_values(model, cfg, split, stats)
+        t = time.time()
+        with frozen(model):
+            train_masks(model, split.train, values, cfg, NodeLayout(model), log=None)
+        return (time.time() - t) / steps, cfg
+
+    small, small_tok, small_corpus = open_run(shipped)
+    small_step, _ = mask_step(small, small_tok, PretrainingStats.cached(small, small_corpus),
+                              max(a.steps, 10))
+    print(f"the shipped sparse model (4 layers, d_model 128): {small_step:.3f} s per mask step")
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.time()
@@ -126,18 +145,12 @@ def main():
         t = time.time()
         stats = PretrainingStats.compute(model, corpus.train, windows=16)
         stage("pretraining means (16 windows)", t)
-        task = get_task(a.task)
-        cfg = PruneConfig(steps=a.steps, batch_pairs=a.pairs, train_pairs=max(64, a.pairs),
-                          val_pairs=64).validate()
-        split = TaskSplit(model, tok, task, cfg)
-        values = resolve_values(model, cfg, split, stats)
         t = time.time()
-        with frozen(model):  # as the search runs it: no weight gradients
-            train_masks(model, split.train, values, cfg, layout, log=None)
-        per = (time.time() - t) / a.steps
-        stage(f"mask training, {a.steps} steps", t,
-              f"{per:.2f} s/step; a default trial ({PruneConfig().steps} steps) "
-              f"~{per * PruneConfig().steps / 60:.1f} min")
+        per, cfg = mask_step(model, tok, stats, a.steps)
+        stage(f"mask training, {a.steps} steps of {cfg.batch_pairs} pairs", t,
+              f"{per:.2f} s/step ({per / small_step:.0f}x the shipped model's); a default "
+              f"trial ({PruneConfig().steps} steps) ~{per * PruneConfig().steps / 60:.1f} min")
+        task = get_task(a.task)
         g = torch.Generator().manual_seed(0)
         pick = torch.randperm(layout.total, generator=g)[:a.nodes].tolist()
         nodes: dict[str, list[int]] = {}

@@ -14,10 +14,12 @@ refuses a set whose steps disagree.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -70,6 +72,32 @@ def output_dir(path: str | Path) -> Path:
     except PermissionError:
         raise UserError(f"no permission to write {path}; choose another --out.") from None
     return path
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | Path, replace: bool = False):
+    """Build the folder `out` under a temporary name beside it, renamed to `out` only when the
+    block ends without error (removed otherwise), so nobody ever sees it half-written. Without
+    `replace`, `out` must not exist or be an empty folder; with it, an old `out` is replaced."""
+    out = Path(out)
+    if not replace and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not an empty folder; choose another --out.")
+    output_dir(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a result is for others to read
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~_umask())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            shutil.rmtree(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _umask() -> int:

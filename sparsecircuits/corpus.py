@@ -14,16 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import sysconfig
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import staged_dir
 from .errors import UserError
 from .pygen import GENERATOR_VERSION, program
 from .tokenizer import TASK_ANSWERS, eot_id, load_tokenizer, train_tokenizer
@@ -161,10 +160,7 @@ def build_corpus(out: str | Path, sources: list[str | Path] | None = None, *,
         raise UserError("the tokenizer has more than 65535 tokens and cannot be stored as uint16.")
     eot = eot_id(tok)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with staged_dir(out, replace=True) as tmp:
         records, totals = [], {}
         for split in ("train", "val"):
             group = [f for f in kept if f.split == split]
@@ -190,16 +186,10 @@ def build_corpus(out: str | Path, sources: list[str | Path] | None = None, *,
             python=sys.version.split()[0], vocab_size=tok.get_vocab_size(), eot_id=eot,
             val_frac=val_frac, reserved=list(reserve) if tokenizer is None else None, totals=totals,
             skipped={k: dict(count=len(v), files=v) for k, v in skipped.items()},
-            tokenizer_sha256=_sha256_file(tmp / "tokenizer.json"),
+            tokenizer_sha256=sha256_file(tmp / "tokenizer.json"),
             files=sorted(records, key=lambda r: r["path"]),
         )
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"wrote {out}: {totals['train']['tokens']:,} train / {totals['val']['tokens']:,} val "
         f"tokens in {time.time() - t0:.1f}s")
     return out
@@ -232,7 +222,7 @@ class Corpus:
 
     def check_tokenizer(self, tokenizer_file: Path) -> None:
         """Refuse to pair this corpus's token ids with a model trained on another tokenizer."""
-        if _sha256_file(Path(tokenizer_file)) != _sha256_file(self.tokenizer_path):
+        if sha256_file(Path(tokenizer_file)) != sha256_file(self.tokenizer_path):
             raise UserError(f"{tokenizer_file} differs from the tokenizer of the corpus at "
                             f"{self.path}, so its token ids mean other things to the model; pass "
                             "--corpus with the corpus the run was trained on.")
@@ -270,7 +260,7 @@ def open_corpus(path: str | Path | None, log=print) -> Corpus:
     return Corpus(d)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -292,8 +282,8 @@ def corpus_for_run(corpus: str | Path | None, tokenizer_file: str | Path, log=pr
         c.check_tokenizer(tokenizer_file)
         return c
     default = open_corpus(None, log=log)
-    sha = _sha256_file(tokenizer_file)
-    if sha == _sha256_file(default.tokenizer_path):
+    sha = sha256_file(tokenizer_file)
+    if sha == sha256_file(default.tokenizer_path):
         return default
     d = default.path.parent / f"{default.path.name}-tok{sha[:12]}"
     if not (d / "manifest.json").is_file():

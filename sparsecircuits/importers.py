@@ -15,18 +15,14 @@ pass, or refused by name. What was mapped and what was set aside is written to t
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import MODEL_FILE, _umask, output_dir, sparsify, versions
-from .corpus import Corpus
+from .checkpoint import MODEL_FILE, sparsify, staged_dir, versions
+from .corpus import Corpus, sha256_file
 from .config import SITE_KINDS, ModelConfig, RunConfig, SparsityConfig
 from .errors import UserError
 from .model import GPT
@@ -186,7 +182,7 @@ def import_circuit_sparsity(src: str | Path, out: str | Path, *,
     if not cfg.logits_bias:
         del names["final_logits_bias"]
         notes.append("final_logits_bias absent: no logits bias")
-    own = GPT(cfg).state_dict()
+    own = _shapes(cfg)
     for key, target in names.items():
         if target not in own:  # e.g. bigram_table in a file whose config turns the table off
             if key in sd:
@@ -196,18 +192,18 @@ def import_circuit_sparsity(src: str | Path, out: str | Path, *,
         if key not in sd:
             raise UserError(f"{weights_path} lacks the tensor '{key}' that {cfg_path.name} "
                             "implies; the file is incomplete or from another model.")
-        tensors[target] = _checked(sd[key], own[target].shape, key, weights_path)
+        tensors[target] = _checked(sd[key], own[target], key, weights_path)
     if not flags["bias"]:
         for target in own:
             if target.endswith(".bias") and ".ln_" not in target and target not in tensors:
-                tensors[target] = torch.zeros_like(own[target])
+                tensors[target] = torch.zeros(own[target])
         notes.append("bias=false: the linear layers' biases are zero")
     if flags["tied"]:
         notes.append("tied_unembed: lm_head holds a copy of the token embedding")
     _fill_check(tensors, own, weights_path)
     provenance = dict(
         source="circuit-sparsity", folder=str(src.resolve()),
-        files={f: _sha256(src / f) for f in ("beeg_config.json", "final_model.pt")},
+        files={f: sha256_file(src / f) for f in ("beeg_config.json", "final_model.pt")},
         config=raw, inert_keys=set_aside, tensors=names, notes=notes)
     return _write_run(out, cfg, tensors, tok, provenance, corpus, log)
 
@@ -317,15 +313,14 @@ def gpt2_to_run(hf, hf_tok, out: str | Path, *, source: str, corpus=None, log=pr
             names[f"{src}{lin}.weight"] = f"{dst}{lin}.weight"
             names[f"{src}{lin}.bias"] = f"{dst}{lin}.bias"
             conv1d.add(f"{src}{lin}.weight")
-    model = GPT(cfg)
-    own = model.state_dict()
+    own = _shapes(cfg)
     tensors = {}
     for key, t in sd.items():
         if key not in names:
             raise UserError(f"{source} holds the tensor '{key}', which has no place in the "
                             "model class; this model cannot be imported.")
         t = t.detach().float()
-        tensors[names[key]] = _checked(t.t() if key in conv1d else t, own[names[key]].shape,
+        tensors[names[key]] = _checked(t.t() if key in conv1d else t, own[names[key]],
                                        key, source)
     _fill_check(tensors, own, source)
     backend = getattr(hf_tok, "backend_tokenizer", None)
@@ -366,11 +361,17 @@ def _checked(t: torch.Tensor, shape, key: str, where) -> torch.Tensor:
         raise UserError(f"{where}: the tensor '{key}' has shape {tuple(t.shape)}, but the config "
                         f"implies {tuple(shape)}; the weights and the config do not belong "
                         "together.")
-    t = t.detach().to(torch.float32).contiguous()
+    t = t.detach().to(torch.float32, copy=True).contiguous()  # never shared with another
     if not bool(torch.isfinite(t).all()):
         raise UserError(f"{where}: the tensor '{key}' has non-finite values; the file is "
                         "damaged.")
     return t
+
+
+def _shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+    """The model's tensor names and shapes, without allocating it (wide models are large)."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in GPT(cfg).state_dict().items()}
 
 
 def _fill_check(tensors: dict, own: dict, where) -> None:
@@ -378,14 +379,6 @@ def _fill_check(tensors: dict, own: dict, where) -> None:
     if missing:
         raise UserError(f"{where} gives no value for the model's '{missing[0]}'; the model "
                         "cannot be imported losslessly.")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _density(tensors: dict, names) -> float:
@@ -397,11 +390,9 @@ def _density(tensors: dict, names) -> float:
 def _write_run(out, cfg: ModelConfig, tensors: dict, tok, provenance: dict, corpus, log) -> Path:
     """The run folder: config, weights, tokenizer and provenance, written whole or not at all.
     `corpus` (a built corpus with the model's tokenizer) becomes the run's corpus."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not an empty folder; choose another --out.")
-    model = GPT(cfg)
-    model.load_state_dict(tensors)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model.load_state_dict(tensors, assign=True)  # the tensors themselves: no second copy
     sparse = model.sparse_tensors()
     matrices = [s.name for s in sparse if s.group == "matrix"]
     others = [s.name for s in sparse if s.group != "matrix"]
@@ -409,12 +400,12 @@ def _write_run(out, cfg: ModelConfig, tensors: dict, tok, provenance: dict, corp
     run = RunConfig(model=cfg, sparsity=SparsityConfig(
         weight_density=max(_density(tensors, matrices), 1e-9),
         other_density=max(_density(tensors, others), 1e-9)))
+    # `eval` reads about 32k val tokens whatever the context length (1024 for GPT-2)
+    run.train.eval_batches = max(1, 32768 // (run.train.batch_size * cfg.block_size))
     run.data.corpus = str(Path(corpus).resolve()) if corpus else None
     run.validate()
     provenance = dict(provenance, imported_by=versions())
-    output_dir(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(run.to_dict(), indent=1))
         tok.save(str(tmp / "tokenizer.json"))
         if corpus:
@@ -427,15 +418,6 @@ def _write_run(out, cfg: ModelConfig, tensors: dict, tok, provenance: dict, corp
             meta["sparse"] = json.dumps(shapes)
         save_file(weights, str(tmp / MODEL_FILE), metadata=meta)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1, default=str))
-        os.chmod(tmp, 0o777 & ~_umask())
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~_umask())
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     nz = sum(int((p != 0).sum()) for p in model.parameters())
     log(f"imported {provenance['source']} model into {out}: {cfg.n_layer} layers, d_model "
         f"{cfg.d_model}, {nz:,} nonzero of {model.num_params():,} parameters, matrix density "

@@ -13,9 +13,7 @@ is an error, not a silent zero.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +21,7 @@ from safetensors.torch import save_file
 
 from .bridges.store import has_bridges, load_bridges, save_bridges, write_bridge_config
 from .importers import PROVENANCE_FILE
-from .checkpoint import (MODEL_FILE, STATE_FILE, _umask, load, output_dir, read_run_config,
+from .checkpoint import (MODEL_FILE, STATE_FILE, load, read_run_config, staged_dir,
                          read_trainer_state, sparsify, versions)
 from .errors import UserError
 
@@ -35,8 +33,6 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
     run_dir, out = Path(run_dir), Path(out)
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use float16 or bfloat16.")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not an empty folder; choose another --out.")
     model, _ = load(run_dir)
     imported = (run_dir / PROVENANCE_FILE).is_file()  # nothing trained here: no trainer state
     state = {} if imported else read_trainer_state(run_dir)
@@ -50,9 +46,7 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
             raise UserError(f"{name} has {lost} nonzero weights too small for {dtype}; export "
                             "with --dtype bfloat16, which keeps float32's range.")
         tensors[name] = half.contiguous()
-    output_dir(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_dir(out) as tmp:
         for f in ("config.json", "tokenizer.json", "metrics.jsonl", PROVENANCE_FILE):
             if (run_dir / f).is_file():
                 shutil.copy(run_dir / f, tmp / f)
@@ -74,15 +68,6 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
         state = dict(state, val_loss=val, val_loss_float32=state.get("val_loss"), dtype=dtype)
         if not imported:
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a release is for others to read
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~_umask())
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     full = state["val_loss_float32"]
     log(f"exported {run_dir} to {out} in {dtype}: val loss {val:.4f}"
         + (f" (float32: {full:.4f})" if full is not None else ""))

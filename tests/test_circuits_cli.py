@@ -17,6 +17,27 @@ from .test_circuits import PLANTED, planted
 from .test_cli import assert_one_line_error, run_cli
 
 
+def write_planted_task(path, words: dict) -> None:
+    """The TOML task of the planted model's behaviour (its `planted_words`)."""
+    fill = json.dumps(words["fill"])
+    path.write_text(f"""
+name = "planted"
+description = "the last word decides the answer"
+target = {json.dumps(words["target"])}
+alt = {json.dumps(words["alt"])}
+split = "slots"
+
+[[templates]]
+clean = "{{p}} {{q}} {{r}}{words["a"]}"
+corrupt = "{{p}} {{q}} {{r}}{words["b"]}"
+
+[slots]
+p = {fill}
+q = {fill}
+r = {fill}
+""")
+
+
 @pytest.fixture(scope="module")
 def planted_run(corpus_dir, tmp_path_factory):
     """A run folder with the planted model, and a TOML task file for its behaviour."""
@@ -31,23 +52,7 @@ def planted_run(corpus_dir, tmp_path_factory):
     (run / "config.json").write_text(json.dumps(cfg.to_dict()))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
     shutil.copy(corpus.tokenizer_path, run / "tokenizer.json")
-    fill = json.dumps(w["fill"])
-    (d / "planted.toml").write_text(f"""
-name = "planted"
-description = "the last word decides the answer"
-target = {json.dumps(w["target"])}
-alt = {json.dumps(w["alt"])}
-split = "slots"
-
-[[templates]]
-clean = "{{p}} {{q}} {{r}}{w["a"]}"
-corrupt = "{{p}} {{q}} {{r}}{w["b"]}"
-
-[slots]
-p = {fill}
-q = {fill}
-r = {fill}
-""")
+    write_planted_task(d / "planted.toml", w)
     return run, d / "planted.toml"
 
 

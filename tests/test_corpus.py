@@ -65,7 +65,7 @@ def test_existing_output_needs_force(tmp_path):
     with pytest.raises(UserError, match="--force"):
         build_corpus(out, [src], vocab_size=300, reserve=(), log=quiet)
     build_corpus(out, [src], vocab_size=300, reserve=(), force=True, log=quiet)
-    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_truncated_token_file_is_detected(tmp_path):
@@ -125,12 +125,12 @@ def test_a_run_with_another_tokenizer_reads_the_default_source_with_its_own(corp
     from this machine's default corpus, so the source is re-tokenized with the model's."""
     import time
 
-    from sparsecircuits.corpus import _sha256_file, corpus_for_run, open_corpus
+    from sparsecircuits.corpus import sha256_file, corpus_for_run, open_corpus
     tok_file = Path(corpus_dir) / "tokenizer.json"  # a small test BPE, not the default one
     default = open_corpus(None, log=lambda *a: None)
     c = corpus_for_run(None, tok_file, log=lambda *a: None)
     assert c.path != default.path
-    assert _sha256_file(c.tokenizer_path) == _sha256_file(tok_file)
+    assert sha256_file(c.tokenizer_path) == sha256_file(tok_file)
     assert len(c.train) > 1_000_000 and int(c.train.max()) < TEST_VOCAB
     t = time.perf_counter()
     assert corpus_for_run(None, tok_file, log=lambda *a: None).path == c.path  # cached

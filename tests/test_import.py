@@ -288,6 +288,7 @@ def planted_release(tok, folder: Path):
 def test_an_imported_model_goes_through_prune_validate_view_and_eval(corpus_dir, tok, tmp_path,
                                                                      capsys):
     from .test_circuits import PLANTED
+    from .test_circuits_cli import write_planted_task
     src, planted_model = planted_release(tok, tmp_path / "release")
     run = tmp_path / "run"
     code, out, err = run_cli(capsys, "import", "circuit-sparsity", str(src), "--out", str(run),
@@ -299,24 +300,8 @@ def test_an_imported_model_goes_through_prune_validate_view_and_eval(corpus_dir,
         assert (model(x) - planted_model(x)).abs().max().item() < 1e-4
 
     w = planted_model.planted_words
-    fill = json.dumps(w["fill"])
     task = tmp_path / "planted.toml"
-    task.write_text(f"""
-name = "planted"
-description = "the last word decides the answer"
-target = {json.dumps(w["target"])}
-alt = {json.dumps(w["alt"])}
-split = "slots"
-
-[[templates]]
-clean = "{{p}} {{q}} {{r}}{w["a"]}"
-corrupt = "{{p}} {{q}} {{r}}{w["b"]}"
-
-[slots]
-p = {fill}
-q = {fill}
-r = {fill}
-""")
+    write_planted_task(task, w)
     circuit = tmp_path / "circuit.json"
     code, out, err = run_cli(capsys, "prune", str(run), "--task", str(task), "--out",
                              str(circuit), "--budget", "2", "--steps", "150")

@@ -31,9 +31,15 @@ def test_readme_and_ci_share_the_test_command():
 
 def test_readme_task_file_example_loads(tmp_path):
     from sparsecircuits.tasks import load_task_file
-    (block,) = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = {re.match(r"# (\w+)\.toml", b).group(1): b
+              for b in re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)}
+    assert set(blocks) == {"dict_or_list", "ioi"}
+    path = tmp_path / "ioi.toml"
+    path.write_text(blocks["ioi"])
+    ioi = load_task_file(path)
+    assert all(len(ioi.pairs(100, s, at_most=True)) >= 12 for s in ("train", "val", "test"))
     path = tmp_path / "dict_or_list.toml"
-    path.write_text(block)
+    path.write_text(blocks["dict_or_list"])
     task = load_task_file(path)
     assert task.name == "dict_or_list"
     assert {p.target for p in task.pairs(8, "test")} == {":"}

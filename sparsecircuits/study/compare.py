@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from ..checkpoint import (atomic_write, atomic_write_text, output_dir, read_run_config,
+from ..checkpoint import (atomic_write, atomic_write_text, output_dir, read_run_config, staged_dir,
                           versions)
 from ..circuits.ablation import PretrainingStats, model_hash
 from ..circuits.pruning import PruneConfig
@@ -184,18 +182,9 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
 def save_circuits(counted: dict, folder: Path) -> None:
     """Write {(task, model): Circuit} as folder/TASK/MODEL.json, replacing what an earlier run
     left there in one rename: no stale or half-written circuit sits beside a new result."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_dir(folder, replace=True) as tmp:
         for (n, m), c in counted.items():
             c.save(tmp / task_folder(n) / f"{m}.json")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            folder.rename(old)
-            shutil.rmtree(old)
-        tmp.rename(folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def task_folder(task_name: str) -> str:
