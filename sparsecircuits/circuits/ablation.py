@@ -66,6 +66,7 @@ def site_batches(model, idx: torch.Tensor, batch: int = 16):
         yield i, {k: v.float().cpu() for k, v in cache.items()}
 
 
+@torch.no_grad()  # a pass that builds no graph: it would hold every layer's activations
 def site_activations(model, idx: torch.Tensor, names=None, flatten: bool = True,
                      batch: int = 16, channels: dict[str, list[int]] | None = None
                      ) -> dict[str, torch.Tensor]:
