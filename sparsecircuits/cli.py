@@ -195,6 +195,12 @@ def cmd_export(a):
     export_run(a.run_dir, a.out, dtype=a.dtype)
 
 
+def cmd_monitor(a):
+    from .monitor import monitor_run
+    monitor_run(a.run_dir, a.circuits, a.input, a.out, policy=a.policy, positions=a.positions,
+                full=not a.cheap, log=_log_now)
+
+
 def cmd_import_circuit_sparsity(a):
     from .importers import import_circuit_sparsity
     import_circuit_sparsity(a.src, a.out, tokenizer_dir=a.tokenizer_dir, inert=a.inert,
@@ -415,6 +421,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, metavar="DIR")
     ex.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     ex.set_defaults(fn=cmd_export)
+
+    mo = sub.add_parser("monitor", help="watch circuits while the model reads inputs; flag "
+                        "where it leaves them")
+    mo.add_argument("run_dir", metavar="RUN_DIR")
+    mo.add_argument("--circuits", nargs="+", required=True, metavar="CIRCUIT.json")
+    mo.add_argument("--input", required=True, metavar="FILE",
+                    help="a text file (one prompt a line), a JSONL file ({\"text\": ...} a "
+                         "line) or a folder of .py files (read at every position)")
+    mo.add_argument("--out", required=True, metavar="DIR")
+    mo.add_argument("--policy", metavar="POLICY.toml", help="alert thresholds (default: built in)")
+    mo.add_argument("--positions", choices=["last", "all"], default=None,
+                    help="watch the last token (default for prompts) or every token (default "
+                         "for a folder)")
+    mo.add_argument("--cheap", action="store_true",
+                    help="skip the circuit-alone pass (no agreement or share)")
+    mo.set_defaults(fn=cmd_monitor)
 
     im = sub.add_parser("import", help="a model trained elsewhere as a run folder: the paper's "
                         "released models, or a Hugging Face GPT-2")
