@@ -51,6 +51,17 @@ class ModelConfig:
     #                                by the sublayer's input site with the residual (see model.py)
     logits_bias: bool = False      # a learned bias on the logits
 
+    # Fields added after models were first saved: at their defaults they stay out of the
+    # weights hash, so circuits and bridges made before still bind to their models.
+    LATER_FIELDS = ("norm", "norm_bias", "norm_eps", "activation", "added_pos", "pos_norm",
+                    "logits_bias")
+
+    def hashed(self) -> dict:
+        """The fields that identify the architecture (see `LATER_FIELDS`)."""
+        d = vars(self)
+        return {k: v for k, v in d.items()
+                if not (k in self.LATER_FIELDS and v == self.__dataclass_fields__[k].default)}
+
     @property
     def n_head(self) -> int:
         return self.d_model // self.d_head

@@ -359,3 +359,19 @@ def gpt2_tokenizer(vocab_size: int):
     bpe.train_from_iterator(text, vocab_size=vocab_size - 1, show_progress=False)
     bpe.add_special_tokens(["<|endoftext|>"])
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+
+
+def test_the_shipped_models_keep_the_hash_their_circuits_are_bound_to():
+    """Config fields added for imported models stay out of the weights hash at their defaults:
+    the shipped study's circuits (and any saved before) still bind to their models."""
+    from sparsecircuits.circuits import Circuit
+    from sparsecircuits.circuits.ablation import model_hash
+    from sparsecircuits.demo import shipped_runs
+    runs = [Path(r) for r in shipped_runs()]
+    study = runs[0].parent / "study" / "circuits"
+    for run, name in zip(runs, ("sparse", "dense")):
+        model, _ = load(run)
+        for circuit in study.glob(f"*/{name}.json"):
+            Circuit.load(circuit).check_model(model)
+        assert model_hash(model) == json.loads(
+            (study.parent / "compare.json").read_text())[name]["model_hash"]

@@ -48,7 +48,7 @@ STATS_VERSION = 1
 
 def model_hash(model) -> str:
     """A short content hash of a model's weights and config: circuits are bound to it."""
-    h = hashlib.sha256(json.dumps(vars(model.cfg), sort_keys=True, default=str).encode())
+    h = hashlib.sha256(json.dumps(model.cfg.hashed(), sort_keys=True, default=str).encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
