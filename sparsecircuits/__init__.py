@@ -12,13 +12,14 @@ from .corpus import Corpus, build_corpus, open_corpus
 from .errors import UserError
 from .evaluate import evaluate, evaluate_tasks
 from .model import GPT
+from .monitor import monitor
 from .tasks import PAPER_TASKS, SUITE, Pair, Task, get_task, get_tasks, load_task_file, task_metrics
 from .tokenizer import load_tokenizer, train_tokenizer
 from .train import bridge, train
 
 __all__ = [
     "Circuit", "circuits", "find_circuit", "prune", "validate",
-    "Steering", "bridge", "steer", "steer_pairs",
+    "Steering", "bridge", "steer", "steer_pairs", "monitor",
     "GPT", "PAPER_TASKS", "SITE_KINDS", "SUITE", "Corpus", "DataConfig", "ModelConfig", "Pair",
     "RunConfig", "SparsityConfig", "Task", "TrainConfig", "UserError", "build_corpus",
     "config_from_dict", "evaluate", "evaluate_tasks", "get_task", "get_tasks", "load",

@@ -13,20 +13,24 @@ For each circuit, at the watched positions (the last token by default, or every 
   differences `diff_model` and `diff_circuit`;
 - `share`: `diff_circuit / diff_model`, how much of the model's difference the circuit carries;
 - `anomaly`: how far the circuit's node activations lie from their distribution on the task's
-  test prompts: a robust z-score per node (median and MAD) and one combined score, the squared
+  test prompts: a robust z-score per node (median, and MAD or the standard deviation, the larger:
+  AbsTopK leaves most nodes' MAD at 0) and one combined score, the squared
   Mahalanobis distance (shrunk covariance) in units of its 99th percentile on those prompts, so
   1 is the edge of what validation saw;
 - `alerts`: the measures that cross the policy's thresholds (`Policy`, a small TOML file).
 
-The reference statistics are measured once on the task's test pairs and kept beside the
-circuit file (`NAME.reference.json`, bound to the circuit and the model). The cheap mode
-(`full=False`) skips the circuit-alone pass: no `agree` or `share`. The monitor plugs into the
-one forward pass through the node-site hooks; the logits it returns are the model's own.
+A task whose answers vary between pairs (indentation widths) is watched for its most common
+pair of answers. The reference statistics are measured once on the task's test pairs (of that
+answer pair) and kept beside the circuit file (`NAME.reference.json`, bound to the circuit and
+the model). The cheap mode (`full=False`) skips the circuit-alone pass: no `agree` or
+`share`. The monitor plugs into the one forward pass through the node-site hooks; the logits
+it returns are the model's own.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import hashlib
 import json
 import tomllib
@@ -111,7 +115,7 @@ class Reference:
     alt: str
     active_at: list[float]         # per node: ACTIVE x its largest |activation|
     median: list[float]
-    scale: list[float]             # 1.4826 x MAD, floored
+    scale: list[float]             # 1.4826 x MAD, or the standard deviation if larger
     mean: list[float]
     precision: list[list[float]]   # inverse of the shrunk covariance
     d2_q99: float                  # 99th percentile of the squared distance on these prompts
@@ -122,14 +126,24 @@ class Reference:
 
 
 def reference_path(circuit_path: str | Path) -> Path:
-    """Where a circuit file's reference statistics live: NAME.reference.json beside it."""
-    p = Path(circuit_path)
+    """Where a circuit file's reference statistics live: NAME.reference.json beside it, or,
+    for a circuit shipped inside the package, under the cache home."""
+    p = Path(circuit_path).resolve()
+    package = Path(__file__).resolve().parent
+    if package in p.parents:
+        from .corpus import cache_home
+        rel = p.relative_to(package).with_suffix("")
+        return cache_home() / "references" / ("-".join(rel.parts) + ".reference.json")
     return p.with_name(p.stem + ".reference.json")
 
 
+REFERENCE_VERSION = 1  # raised whenever the reference statistics are measured differently
+
+
 def circuit_key(circuit: Circuit) -> str:
-    text = json.dumps([circuit.model_hash, circuit.nodes, circuit.task_ref, str(circuit.ablation)],
-                      sort_keys=True)
+    """What a reference is bound to: the circuit, its model, and how references are measured."""
+    text = json.dumps([circuit.model_hash, circuit.nodes, circuit.task_ref, str(circuit.ablation),
+                       REFERENCE_VERSION], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -144,11 +158,10 @@ def measure_reference(circuit: Circuit, model, tok, values, n: int = REF_PAIRS) 
     pairs = task.pairs(n, "test", seed=0, at_most=True)
     if not pairs:
         raise UserError(f"task '{task.name}' makes no test pairs to measure the circuit on.")
-    answers = {(p.target, p.alt) for p in pairs} | {(p.alt, p.target) for p in pairs}
+    # a task whose answers vary (indentation widths) is watched for its most common pair
+    common = Counter(frozenset((p.target, p.alt)) for p in pairs).most_common(1)[0][0]
+    pairs = [p for p in pairs if frozenset((p.target, p.alt)) == common]
     target, alt = pairs[0].target, pairs[0].alt
-    if len(answers) > 2:
-        raise UserError(f"task '{task.name}' has pairs with different answers; the monitor "
-                        "watches a task with one pair of answers.")
     data = TaskData.from_pairs(tok, task.name, pairs, model.cfg.block_size)
     t_id, a_id = answer_ids(tok, task.name, target, alt)
     nodes = _node_list(circuit)
@@ -170,7 +183,9 @@ def measure_reference(circuit: Circuit, model, tok, values, n: int = REF_PAIRS) 
     active_at = ACTIVE * peak
     median = X.median(0).values
     mad = (X - median).abs().median(0).values * 1.4826
-    scale = torch.maximum(mad, 1e-3 * (peak + 1e-6))
+    # AbsTopK leaves most nodes at 0 on most prompts, so their MAD is 0: the spread then comes
+    # from the standard deviation (never below a trace of the node's scale)
+    scale = torch.maximum(torch.maximum(mad, X.std(0) if len(X) > 1 else mad), 1e-6 * (peak + 1))
     mean = X.mean(0)
     precision = _precision(X)
     d2 = _mahalanobis(X, mean, precision)
@@ -373,6 +388,10 @@ def watch(circuit: Circuit, model, tok, stats, *, path: str | Path | None = None
     from .checkpoint import atomic_write_text
     from .circuits.search import circuit_values
     circuit.check_model(model)
+    if not circuit.num_nodes:
+        raise UserError(f"circuit '{circuit.task}' has no nodes (the model answers the task "
+                        "without any: its embeddings and bigram table do); there is nothing to "
+                        "watch.")
     values = circuit_values(circuit, model, tok, stats)
     if not isinstance(values, dict):
         raise UserError(f"circuit '{circuit.task}' was found with resample ablation, whose "
@@ -385,6 +404,7 @@ def watch(circuit: Circuit, model, tok, stats, *, path: str | Path | None = None
             log(f"measuring the reference of circuit '{circuit.task}' on its test pairs ...")
         ref = measure_reference(circuit, model, tok, values)
         if ref_path:
+            ref_path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(ref_path, json.dumps(asdict(ref)))
     t_id, a_id = answer_ids(tok, circuit.task, ref.target, ref.alt)
     name = circuit.task
