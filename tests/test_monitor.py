@@ -3,11 +3,19 @@ answers, and it refuses a circuit of another model."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from safetensors.torch import save_file
+
 from sparsecircuits.circuits import Circuit, PretrainingStats, PruneConfig
+from sparsecircuits.config import RunConfig
 from sparsecircuits.corpus import Corpus
 from sparsecircuits.errors import UserError
 from sparsecircuits.monitor import Policy, auroc, monitor
@@ -49,8 +57,16 @@ def setup(corpus_dir, tmp_path_factory):
     model, _ = second_path(tok)
     d = tmp_path_factory.mktemp("monitor")
     write_planted_task(d / "planted.toml", model.planted_words)
+    run = d / "run"  # a run folder of the model, which the circuit records
+    run.mkdir()
+    cfg = RunConfig(model=model.cfg)
+    cfg.data.corpus = str(corpus.path)
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(run / "model.safetensors"))
+    shutil.copy(corpus.tokenizer_path, run / "tokenizer.json")
     circuit = Circuit.from_nodes(model, PLANTED, "planted", task_ref=str(d / "planted.toml"),
-                                 config=PruneConfig())
+                                 config=PruneConfig(), provenance=dict(run_dir=str(run)))
     path = circuit.save(d / "circuit.json")
     stats = PretrainingStats.compute(model, corpus.train, windows=16)
     return model, tok, corpus, path, stats
@@ -125,24 +141,10 @@ def test_a_policy_file_sets_thresholds_and_names_a_wrong_key(tmp_path):
 
 def test_the_monitor_command_writes_records_and_a_page_that_lists_the_flagged(
         setup, tmp_path, capsys):
-    import json
-    import shutil
-
-    from safetensors.torch import save_file
-
-    from sparsecircuits.config import RunConfig
-
     from .test_cli import assert_one_line_error, run_cli
     from .test_explain import ATTACK, chrome
     model, tok, corpus, path, _ = setup
-    run = tmp_path / "run"
-    run.mkdir()
-    cfg = RunConfig(model=model.cfg)
-    cfg.data.corpus = str(corpus.path)
-    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(run / "model.safetensors"))
-    shutil.copy(corpus.tokenizer_path, run / "tokenizer.json")
+    run = Circuit.load(path).provenance["run_dir"]
     prompts = _prompts(tok, model.planted_words, 4)
     lines = [tok.decode(ids) for _, ids in prompts]
     lines[2] = ATTACK + lines[2]  # an input is text, never markup
@@ -171,3 +173,16 @@ def test_the_monitor_command_writes_records_and_a_page_that_lists_the_flagged(
     assert_one_line_error(*run_cli(capsys, "monitor", str(run), "--circuits", str(path),
                                    "--input", str(tmp_path / "empty.txt"), "--out",
                                    str(tmp_path / "m2"))[::2], "no prompts")
+
+
+def test_the_readme_monitor_example_runs(setup, monkeypatch, capsys):
+    model, tok, corpus, path, _ = setup
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+               if "sc.monitor" in b]
+    run = Circuit.load(path).provenance["run_dir"]
+    code = (code.replace('"runs/small-sparse"', repr(run)).replace('"quote.json"', repr(str(path)))
+            .replace("""'x = "hello'""", repr(" x y" + model.planted_words["a"])))
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["mon"].records[-1]["alerts"] == []  # on task: nothing to flag
