@@ -508,6 +508,19 @@ def read_inputs(path: str | Path, tok, block_size: int) -> list[tuple[str, list[
     return out
 
 
+@torch.no_grad()
+def active_nodes(model, w: Watched, ids: list[int]) -> list[list[str]]:
+    """For each token of `ids`, the circuit's nodes active there (at least `ACTIVE` of their
+    largest |activation| on the task): the token view lights them."""
+    nodes = _node_list(w.circuit)
+    rec = _Recorder(nodes)
+    with model.hooks(rec):
+        model(torch.tensor([ids]))
+    acts = rec.take()[0]  # (T, n)
+    on = acts.abs() >= torch.tensor(w.reference.active_at, dtype=acts.dtype)
+    return [[w.reference.nodes[j] for j in torch.nonzero(row).flatten().tolist()] for row in on]
+
+
 def monitor_run(run_dir: str | Path, circuit_files: list[str | Path], input_path: str | Path,
                 out: str | Path, *, policy: str | Path | None = None, positions: str | None = None,
                 full: bool = True, log=print) -> Path:
@@ -549,10 +562,12 @@ def monitor_run(run_dir: str | Path, circuit_files: list[str | Path], input_path
         for a in r["alerts"]:
             counts[r["circuit"]][a] = counts[r["circuit"]].get(a, 0) + 1
     shown = []
+    watched = {w.name: w for w in mon.watched}
     for r in flagged[:FLAGGED_SHOWN]:
         ids = by_name[r["input"]][:r["position"] + 1]
         prompt = tok.decode(ids)
-        shown.append(dict(r, tokens=[tok.decode([t]) for t in ids[-40:]],
+        lit = active_nodes(model, watched[r["circuit"]], ids[-40:])
+        shown.append(dict(r, tokens=[tok.decode([t]) for t in ids[-40:]], lit=lit,
                           trace=(f"sparsecircuits trace {shlex.quote(str(run_dir))} --circuit "
                                  f"{shlex.quote(files[r['circuit']])} --prompt "
                                  f"{shlex.quote(prompt)}")))

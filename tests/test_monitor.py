@@ -165,6 +165,8 @@ def test_the_monitor_command_writes_records_and_a_page_that_lists_the_flagged(
         rows = driver.find_elements(By.CSS_SELECTOR, "#flagged tr.row")
         assert len(rows) == sum(bool(r["alerts"]) for r in records)
         assert "sparsecircuits trace" in driver.find_element(By.ID, "detail").text
+        lit = driver.find_elements(By.CSS_SELECTOR, "#detail .tok[title*='node(s)']")
+        assert lit  # the circuit's nodes fire on some of the flagged input's tokens
         assert driver.execute_script("return window.__pwned === undefined")
     finally:
         driver.quit()

@@ -62,7 +62,7 @@ def layer_links(model, layer: int) -> list[tuple[str, str, torch.Tensor]]:
     between their nodes as (destination, source) on the CPU. The one definition of where an
     edge can be: `derive_edges`, `count_edges` and the random circuits of validation read it."""
     cfg, block, p = model.cfg, model.blocks[layer], f"blocks.{layer}."
-    d, da = model.site_dim("attn.in"), cfg.d_attn  # appended positions are not a node
+    d, da = model.site_dim("attn.in"), cfg.d_attn  # with pos_norm, position channels are nodes
     with torch.no_grad():
         qkv = block.attn.c_attn.weight.detach().float().cpu()[:, :d]
         out = [(p + "attn.in", p + f"attn.{kind}", qkv[part * da:(part + 1) * da])

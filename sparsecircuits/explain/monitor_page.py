@@ -29,7 +29,7 @@ th, td { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
 tr.row:hover { background: #eef4ff; cursor: pointer; }
 .tokens { font: 13px/1.8 ui-monospace, monospace; white-space: pre-wrap; margin: 0.5em 0; }
 .tok { border: 1px solid #ddd; margin-right: 1px; padding: 0 1px; }
-.tok.watched { background: #ffd54f; border-color: #c9a100; }
+.tok.watched { outline: 2px solid #c9a100; }
 tr.lit td { background: #ffe0e0; }
 pre { background: #f6f6f6; padding: 0.5em; white-space: pre-wrap; }
 #layout { display: flex; gap: 2em; align-items: flex-start; }

@@ -40,9 +40,15 @@
     detail.replaceChildren();
     detail.appendChild(el("h3", `${r.circuit} at token ${r.position} of ${r.input}`));
     detail.appendChild(el("p", "alerts: " + r.alerts.join(", ")));
+    detail.appendChild(el("p", "the input's last tokens, shaded by how many of the circuit's " +
+      "nodes fire on each (hover for which); the watched token is outlined:"));
     const toks = el("div", null, "tokens");
+    const most = Math.max(1, ...r.lit.map((l) => l.length));
     r.tokens.forEach((t, i) => {
       const s = el("span", t, i === r.tokens.length - 1 ? "tok watched" : "tok");
+      const n = r.lit[i].length;
+      if (n) s.style.background = `rgba(229, 57, 53, ${(0.15 + 0.6 * n / most).toFixed(2)})`;
+      s.title = n ? `${n} node(s): ${r.lit[i].join(", ")}` : "no circuit node fires";
       toks.appendChild(s);
     });
     detail.appendChild(toks);
