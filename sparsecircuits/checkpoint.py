@@ -256,6 +256,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu"):
     cfg = read_run_config(run_dir)
     model = GPT(cfg.model)
     load_weights(run_dir, model)
+    model.set_path(os.environ.get("SPARSECIRCUITS_PATH", "auto"))  # frozen use: see GPT.set_path
     tok = load_tokenizer(run_dir / "tokenizer.json")
     if tok.get_vocab_size() != cfg.model.vocab_size:
         raise UserError(f"{run_dir}/tokenizer.json has {tok.get_vocab_size()} tokens but the model "

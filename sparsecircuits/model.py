@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -66,12 +67,40 @@ def make_norm(cfg: ModelConfig, d: int | None = None) -> Norm:
     return Norm(cfg.d_model if d is None else d, cfg.norm, cfg.norm_eps, cfg.norm_bias)
 
 
+class Linear(nn.Linear):
+    """`nn.Linear` with a second way to run: through its weight's nonzeros (a CSR copy), for
+    frozen weight-sparse models (`GPT.set_path`). The sparse path is taken only while the
+    weight needs no gradient or none is being recorded, and the CSR copy follows the weight:
+    it is rebuilt whenever the weight changes in place (training, loading)."""
+
+    path = "dense"
+
+    def forward(self, x):
+        if self.path == "dense" or (self.weight.requires_grad and torch.is_grad_enabled()):
+            return F.linear(x, self.weight, self.bias)
+        csr = self.__dict__.get("_csr")
+        if csr is None or csr[0] != self.weight._version or csr[1].device != x.device:
+            with warnings.catch_warnings():  # torch calls its CSR support beta
+                warnings.simplefilter("ignore", UserWarning)
+                csr = self.__dict__["_csr"] = (self.weight._version,
+                                               self.weight.detach().to_sparse_csr())
+        y = torch.sparse.mm(csr[1], x.reshape(-1, x.shape[-1]).T).T  # (tokens, out)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def __getstate__(self):  # a spawned worker rebuilds the copy on first use
+        state = dict(self.__dict__)
+        state.pop("_csr", None)
+        return state
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head, self.d_head, self.d_attn = cfg.n_head, cfg.d_head, cfg.d_attn
-        self.c_attn = nn.Linear(cfg.d_model + cfg.d_pos_emb, 3 * cfg.d_attn)
-        self.c_proj = nn.Linear(cfg.d_attn, cfg.d_model)
+        self.c_attn = Linear(cfg.d_model + cfg.d_pos_emb, 3 * cfg.d_attn)
+        self.c_proj = Linear(cfg.d_attn, cfg.d_model)
         # Sink logit per head: a virtual always-visible key with zero value.
         self.sink = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.sink else None
 
@@ -101,8 +130,8 @@ ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tan
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.d_model + cfg.d_pos_emb, cfg.d_mlp)
-        self.c_proj = nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.c_fc = Linear(cfg.d_model + cfg.d_pos_emb, cfg.d_mlp)
+        self.c_proj = Linear(cfg.d_mlp, cfg.d_model)
         self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, h, site):
@@ -153,7 +182,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, d_pos) if d_pos else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.logits_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.logits_bias else None
         if cfg.bigram and cfg.learnable_bigram:
             self.bigram = nn.Parameter(torch.empty(cfg.vocab_size, cfg.vocab_size))
@@ -318,6 +347,34 @@ class GPT(nn.Module):
         if at is not None:
             logits = logits.squeeze(1)
         return logits
+
+    # ------------------------------------------------------------------ execution path
+
+    PATHS = ("dense", "sparse", "auto")
+    # "auto" runs a layer sparse at or below this weight density: measured on this project's
+    # CPU, the sparse path wins from 1/32 down on every shape tried (1.1x to 3x at 1/32, up to
+    # 10x at 1/1024) and loses on some at 1/16 (docs/RESULTS.md, "A sparse execution path")
+    AUTO_DENSITY = 1 / 32
+
+    @torch.no_grad()
+    def set_path(self, mode: str = "auto") -> dict[str, str]:
+        """How each linear layer runs when no weight gradient is needed: "dense", "sparse"
+        (through its weight's nonzeros), or "auto": sparse where the weight's density is at
+        most `AUTO_DENSITY`. The two agree to float rounding; the rule is deterministic, so a
+        model runs the same way everywhere. Returns the path per layer. Training always takes
+        the dense path (it needs weight gradients)."""
+        if mode not in self.PATHS:
+            from .errors import UserError
+            raise UserError(f"unknown execution path '{mode}'; use one of "
+                            f"{', '.join(self.PATHS)} (SPARSECIRCUITS_PATH).")
+        choice = {}
+        for name, lin in self.named_modules():
+            if isinstance(lin, Linear):
+                density = float((lin.weight != 0).float().mean())
+                lin.path = (mode if mode != "auto" else
+                            "sparse" if density <= self.AUTO_DENSITY else "dense")
+                choice[name] = lin.path
+        return choice
 
     # ------------------------------------------------------------------ sparsity bookkeeping
 
