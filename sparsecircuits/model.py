@@ -351,18 +351,26 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ execution path
 
     PATHS = ("dense", "sparse", "auto")
-    # "auto" runs a layer sparse at or below this weight density: measured on this project's
-    # CPU, the sparse path wins from 1/32 down on every shape tried (1.1x to 3x at 1/32, up to
-    # 10x at 1/1024) and loses on some at 1/16 (docs/RESULTS.md, "A sparse execution path")
-    AUTO_DENSITY = 1 / 32
+    # "auto" runs a layer sparse when its weight is large and sparse enough: measured on this
+    # project's CPU (bench/bench_sparse_linear.py), the sparse product wins on weights of 4M
+    # entries from density 1/16 down (1.6x, up to 6x at 1/1024) and loses on small ones
+    # (512 x 128: 0.3x at any density), where the dense product is already cheap
+    AUTO_DENSITY = 1 / 16
+    AUTO_MIN_WEIGHTS = 1 << 20
+
+    @classmethod
+    def auto_path(cls, weight: torch.Tensor) -> str:
+        density = float((weight != 0).float().mean())
+        return ("sparse" if weight.numel() >= cls.AUTO_MIN_WEIGHTS and density <= cls.AUTO_DENSITY
+                else "dense")
 
     @torch.no_grad()
     def set_path(self, mode: str = "auto") -> dict[str, str]:
         """How each linear layer runs when no weight gradient is needed: "dense", "sparse"
-        (through its weight's nonzeros), or "auto": sparse where the weight's density is at
-        most `AUTO_DENSITY`. The two agree to float rounding; the rule is deterministic, so a
-        model runs the same way everywhere. Returns the path per layer. Training always takes
-        the dense path (it needs weight gradients)."""
+        (through its weight's nonzeros), or "auto" (`auto_path`: sparse where the weight is
+        large and sparse enough). The two agree to float rounding; the rule is deterministic,
+        so a model runs the same way everywhere. Returns the path per layer. Training always
+        takes the dense path (it needs weight gradients)."""
         if mode not in self.PATHS:
             from .errors import UserError
             raise UserError(f"unknown execution path '{mode}'; use one of "
@@ -370,9 +378,7 @@ class GPT(nn.Module):
         choice = {}
         for name, lin in self.named_modules():
             if isinstance(lin, Linear):
-                density = float((lin.weight != 0).float().mean())
-                lin.path = (mode if mode != "auto" else
-                            "sparse" if density <= self.AUTO_DENSITY else "dense")
+                lin.path = self.auto_path(lin.weight) if mode == "auto" else mode
                 choice[name] = lin.path
         return choice
 
