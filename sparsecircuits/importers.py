@@ -60,6 +60,10 @@ def _cs_model_config(raw: dict, path: Path, inert: set[str]) -> tuple[ModelConfi
                 raise UserError(f"{path} gives both {old}={raw[old]} and {new}={raw[new]}; "
                                 "fix the file so they agree.")
             raw[new] = raw.pop(old)
+    mapped = sorted(set(inert) & set(CS_DEFAULTS))
+    if mapped:
+        raise UserError(f"--inert {mapped[0]}: the importer maps that key onto the model; "
+                        "--inert is only for keys it does not know.")
     set_aside = {k: raw[k] for k in raw if k in CS_INERT or k in inert}
     unknown = sorted(k for k in raw if k not in CS_DEFAULTS and k not in set_aside)
     if unknown:

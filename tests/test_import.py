@@ -253,6 +253,7 @@ def test_bad_release_files_are_one_line_errors(tok, tmp_path, capsys):
                            str(tmp_path / "ok"), "--inert", "mystery_knob")
     assert code == 0, err
     assert read_provenance(tmp_path / "ok")["inert_keys"]["mystery_knob"] == 3
+    fails("--inert sink", extra=("--inert", "sink"))  # a mapped key is never set aside
     for key, value, needle in (("afrac_loctypes", "attn_in,resid_post_mlp", "resid_post_mlp"),
                                ("residual_activation_type", "relu", "residual_activation_type"),
                                ("afrac_loctypes", "attn_inn", "attn_inn")):
