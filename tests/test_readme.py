@@ -43,3 +43,14 @@ def test_readme_task_file_example_loads(tmp_path):
     task = load_task_file(path)
     assert task.name == "dict_or_list"
     assert {p.target for p in task.pairs(8, "test")} == {":"}
+
+
+def test_readme_policy_example_loads(tmp_path):
+    from sparsecircuits.monitor import Policy, Thresholds
+    (block,) = [b for b in re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+                if b.startswith("[default]")]
+    path = tmp_path / "policy.toml"
+    path.write_text(block)
+    policy = Policy.load(path)
+    assert policy.default == Thresholds()  # the README shows the built-in values
+    assert policy.for_circuit("single_double_quote").max_anomaly == 8.0
