@@ -165,17 +165,18 @@ def measure_reference(circuit: Circuit, model, tok, values, n: int = REF_PAIRS) 
     data = TaskData.from_pairs(tok, task.name, pairs, model.cfg.block_size)
     t_id, a_id = answer_ids(tok, task.name, target, alt)
     nodes = _node_list(circuit)
+    device = next(model.parameters()).device
     acts, d_model, d_circ = [], [], []
     for i in range(0, len(data), 64):
         part = data.rows(torch.arange(i, min(i + 64, len(data))))
-        at = part.lengths - 1
+        x, at = part.idx.to(device), (part.lengths - 1).to(device)
         rec = _Recorder(nodes)
         with model.hooks(rec):
-            z = model(part.idx, at=at)
-        acts.append(rec.take(at))
+            z = model(x, at=at).float().cpu()
+        acts.append(rec.take(at.cpu()))
         d_model.append(z[:, t_id] - z[:, a_id])
         with circuit.applied(model, values):
-            zc = model(part.idx, at=at)
+            zc = model(x, at=at).float().cpu()
         d_circ.append(zc[:, t_id] - zc[:, a_id])
     X = torch.cat(acts).double()
     dm, dc = torch.cat(d_model).double(), torch.cat(d_circ).double()
@@ -238,7 +239,7 @@ class _Recorder:
 
     def __call__(self, name, x):
         if name in self.channels:
-            self.seen[name] = x.detach()[..., self.channels[name]].float()
+            self.seen[name] = x.detach()[..., self.channels[name]].float().cpu()
         return x
 
     def take(self, at: torch.Tensor | None = None) -> torch.Tensor:
@@ -295,7 +296,7 @@ class Monitor:
         with self.model.hooks(rec):
             logits = self._forward(idx, at=at)
         with torch.no_grad():
-            self._measure(idx, at, logits.detach(), rec)
+            self._measure(idx, at, logits.detach().float().cpu(), rec)
         return logits
 
     @torch.no_grad()
@@ -319,7 +320,7 @@ class Monitor:
             try:
                 for w in self.watched:
                     with w.circuit.applied(self.model, w.values):
-                        out = self._forward(idx, at=at).detach()
+                        out = self._forward(idx, at=at).detach().float().cpu()
                     zc[w.name] = (out.unsqueeze(1) if at is not None
                                   else out[:, -1:] if self.positions == "last" else out)
             finally:
