@@ -1,8 +1,10 @@
 """The sparse execution path against the dense one, side by side in one run: a forward pass and
-a mask-training step, on the shipped sparse model and on a synthetic model of the paper's
-widest shape (a release-format checkpoint at d_model 2048, matrices at 1/1024, AbsTopK 1/4).
+a mask-training step, on the shipped sparse model and on a synthetic release-format model of
+one of the paper's shapes (default: d_model 2048 with matrices at 1/1024; the paper's other,
+d_model 256 at 1/8; d_mlp 4 x d_model, heads of 16, AbsTopK 1/4).
 
-    python bench/bench_sparse_path.py [--layers 2] [--rounds 3]
+    python bench/bench_sparse_path.py [--layers 2] [--d-model 2048] [--density 0.0009765625]
+                                      [--rounds 3] [--no-shipped]
 
 Each model runs with every linear layer dense, every one sparse, and `auto` (each layer the
 faster, timed at load), in interleaved rounds; medians. Also the multiply-adds of the linear
@@ -72,23 +74,28 @@ def measure(name, model, tok, corpus, rounds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--d-model", type=int, default=2048)
+    ap.add_argument("--density", type=float, default=1 / 1024)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-shipped", action="store_true", help="skip the shipped model")
     a = ap.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; forward: 16 x block_size "
           f"tokens; mask step: 16 pairs; speed-up against dense in brackets")
     shipped = Path(shipped_runs()[0])
     model, tok, corpus = open_run(shipped)
-    measure("shipped sparse model (4 layers, d_model 128, 1/16)", model, tok, corpus, a.rounds)
+    if not a.no_shipped:
+        measure("shipped sparse model (4 layers, d_model 128, 1/16)", model, tok, corpus,
+                a.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synthetic_release(tmp / "r", a.layers, 2048, 1 / 1024, 2048, 128,
+        synthetic_release(tmp / "r", a.layers, a.d_model, a.density, 2048, 128,
                           shipped / "tokenizer.json")
         run = import_circuit_sparsity(tmp / "r", tmp / "run", corpus=corpus.path,
                                       log=lambda *x: None)
         model, tok, corpus = open_run(run)
-        measure(f"synthetic ({a.layers} layers, d_model 2048, 1/1024)", model, tok, corpus,
-                a.rounds)
+        measure(f"synthetic ({a.layers} layers, d_model {a.d_model}, density {a.density:.4g})",
+                model, tok, corpus, a.rounds)
 
 
 if __name__ == "__main__":
