@@ -536,13 +536,15 @@ def monitor_run(run_dir: str | Path, circuit_files: list[str | Path], input_path
     model, tok, corpus = open_run(run_dir)
     inputs = read_inputs(input_path, tok, model.cfg.block_size)
     positions = positions or ("all" if Path(input_path).is_dir() else "last")
-    files = {Circuit.load(f).task: str(f) for f in circuit_files}
+    files = {}  # task -> circuit file (for the trace commands); `monitor` refuses a repeat
+    for f in circuit_files:
+        files.setdefault(Circuit.load(f).task, str(f))
     output_dir(out)
     log(f"monitoring {len(files)} circuit(s) over {len(inputs)} inputs of {input_path} "
         f"({positions} positions, {'full' if full else 'cheap'} mode)")
     by_name = dict(inputs)
     t0 = last = time.time()
-    with monitor(model, list(files.values()), policy, tok=tok, corpus=corpus, full=full,
+    with monitor(model, [str(f) for f in circuit_files], policy, tok=tok, corpus=corpus, full=full,
                  positions=positions, log=log) as mon:
         for i, (name, ids) in enumerate(inputs):
             start = len(mon.records)

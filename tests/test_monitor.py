@@ -171,6 +171,9 @@ def test_the_monitor_command_writes_records_and_a_page_that_lists_the_flagged(
     finally:
         driver.quit()
 
+    assert_one_line_error(*run_cli(capsys, "monitor", str(run), "--circuits", str(path), str(path),
+                                   "--input", str(tmp_path / "in.txt"), "--out",
+                                   str(tmp_path / "m3"))[::2], "same task")
     (tmp_path / "empty.txt").write_text("\n")
     assert_one_line_error(*run_cli(capsys, "monitor", str(run), "--circuits", str(path),
                                    "--input", str(tmp_path / "empty.txt"), "--out",

@@ -55,34 +55,30 @@ def model_hash(model) -> str:
     return h.hexdigest()[:16]
 
 
-@torch.no_grad()
-def site_batches(model, idx: torch.Tensor, batch: int = 16):
+@torch.no_grad()  # a pass that builds no graph: it would hold every layer's activations
+def site_batches(model, idx: torch.Tensor, names=None, batch: int = 16,
+                 channels: dict[str, list[int]] | None = None):
     """(first row, {site: (b, T, dim) float32 activations on the CPU}) for each batch of the
-    token windows `idx`, every site: statistics are summed batch by batch, since a wide model's
+    token windows `idx`, at `names` (default: every site; with `channels`, site -> indices,
+    only those channels of those sites). Statistics are summed batch by batch: a wide model's
     activations of thousands of tokens at every site do not fit in memory at once."""
     device = next(model.parameters()).device
+    if channels is not None and names is None:
+        names = list(channels)
     for i in range(0, len(idx), batch):
-        _, cache = model.run_with_cache(idx[i:i + batch].to(device))
-        yield i, {k: v.float().cpu() for k, v in cache.items()}
+        _, cache = model.run_with_cache(idx[i:i + batch].to(device), names=names)
+        yield i, {k: (v if channels is None else v[..., channels[k]]).float().cpu()
+                  for k, v in cache.items()}
 
 
-@torch.no_grad()  # a pass that builds no graph: it would hold every layer's activations
 def site_activations(model, idx: torch.Tensor, names=None, flatten: bool = True,
                      batch: int = 16, channels: dict[str, list[int]] | None = None
                      ) -> dict[str, torch.Tensor]:
     """Full-model activations at `names` (default: every site) on token windows `idx` (N, T):
-    (N*T, dim) per site, or (N, T, dim) with flatten=False. With `channels` (site -> indices),
-    only those channels of each site are kept, in that order (a wide model's sites are large)."""
+    (N*T, dim) per site, or (N, T, dim) with flatten=False; `channels` as for `site_batches`."""
     out: dict[str, list[torch.Tensor]] = {}
-    device = next(model.parameters()).device
-    if channels is not None:
-        names = list(channels) if names is None else names
-    for i in range(0, len(idx), batch):
-        _, cache = model.run_with_cache(idx[i:i + batch].to(device), names=names)
-        for name, x in cache.items():
-            if channels is not None:
-                x = x[..., channels[name]]
-            x = x.float().cpu()
+    for _, acts in site_batches(model, idx, names, batch, channels):
+        for name, x in acts.items():
             out.setdefault(name, []).append(x.reshape(-1, x.shape[-1]) if flatten else x)
     return {k: torch.cat(v) for k, v in out.items()}
 
