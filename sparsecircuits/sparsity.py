@@ -70,6 +70,8 @@ def topk_mask(s: torch.Tensor, k: int) -> torch.Tensor:
         return torch.ones_like(s, dtype=torch.bool)
     if k <= 0:
         return torch.zeros_like(s, dtype=torch.bool)
+    if s.device.type != "cpu":
+        return _topk_mask_sorted(flat, k).view_as(s)
     thr = kth_largest(flat, k)
     mask = flat > thr
     short = k - int(mask.sum())
@@ -77,6 +79,15 @@ def topk_mask(s: torch.Tensor, k: int) -> torch.Tensor:
         ties = (flat == thr).nonzero().squeeze(1)[:short]
         mask[ties] = True
     return mask.view_as(s)
+
+
+def _topk_mask_sorted(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """`topk_mask` of a 1-D tensor by one stable sort, for accelerators: the same selection
+    (ties to the earlier position) with no host synchronisation, where the threshold path
+    reads a count back for its ties, once per tensor per step."""
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    mask[flat.argsort(descending=True, stable=True)[:k]] = True
+    return mask
 
 
 def topk_mask_sort(s: torch.Tensor, k: int) -> torch.Tensor:
@@ -121,18 +132,15 @@ class _AbsTopK(torch.autograd.Function):
 
 
 def _abstopk_torch(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """AbsTopK in tensor operations (accelerators, other dtypes): (x * mask, float mask)."""
-    mask = x.abs()
-    fi = torch.finfo(mask.dtype)
-    thr = _kth_largest_rows(mask, k).clamp_min_(fi.tiny * fi.eps)  # least subnormal: no zeros
-    mask = mask.ge_(thr)
-    over = mask.sum(-1) > k
-    if over.any():  # exact ties at the threshold: keep the first by position
-        rows = over.nonzero(as_tuple=True)
-        a, t = x[rows].abs(), thr[rows]
-        above, tied = a > t, a == t
-        room = k - above.sum(-1, keepdim=True)
-        mask[rows] = (above | (tied & (tied.cumsum(-1) <= room))).to(mask.dtype)
+    """AbsTopK in tensor operations (accelerators, other dtypes): (x * mask, float mask).
+
+    One stable sort per row ranks |x| with ties to the earlier position, the fused kernel's
+    rule; zeros are never kept (a row with fewer than k nonzeros keeps just those). Nothing is
+    read back to the host, so an accelerator's queue never drains here.
+    """
+    a = x.abs()
+    top = a.argsort(dim=-1, descending=True, stable=True)[..., :k]
+    mask = torch.zeros_like(a).scatter_(-1, top, 1.0).mul_(a > 0)
     return x * mask, mask
 
 
@@ -164,14 +172,6 @@ def _np_partition_nonneg(a: np.ndarray, kth: int) -> np.ndarray:
     5-10x faster than torch.kthvalue/topk on the CPU.
     """
     return np.partition(a.view(np.int32), kth, axis=-1).view(np.float32)
-
-
-def _kth_largest_rows(a: torch.Tensor, k: int) -> torch.Tensor:
-    """Per-row k-th largest value of a non-negative tensor, keeping the last dim (size 1)."""
-    d = a.shape[-1]
-    if a.device.type == "cpu" and a.dtype == torch.float32:
-        return torch.from_numpy(_np_partition_nonneg(a.numpy(), d - k)[..., d - k:d - k + 1])
-    return a.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------- schedule

@@ -26,6 +26,14 @@ def test_topk_mask_keeps_exactly_k_largest(n, k):
         assert torch.equal(m, topk_mask_sort(s, k))
 
 
+def test_sorted_selection_for_accelerators_matches_the_threshold_path():
+    from sparsecircuits.sparsity import _topk_mask_sorted
+    g = torch.Generator().manual_seed(1)
+    for s in (torch.rand(5000, generator=g), (torch.randn(5000, generator=g) * 2).round().abs()):
+        for k in (1, 137, 2500, 4999):
+            assert torch.equal(_topk_mask_sorted(s, k), topk_mask(s, k)), k
+
+
 def test_topk_mask_breaks_ties_exactly():
     s = torch.tensor([1.0, 2.0, 2.0, 2.0, 2.0, 3.0])
     m = topk_mask(s, 3)
