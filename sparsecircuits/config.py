@@ -107,6 +107,10 @@ class SparsityConfig:
     anneal_start: float = 0.01     # fraction of training where the L0 anneal starts ...
     anneal_end: float = 0.5        # ... and where it reaches the target
     anneal: str = "linear"         # "linear" or "exponential" (geometric) in density
+    # Every how many steps the dense weight gradient may bring pruned weights back: 1 is the
+    # paper's rule (every step); N > 1 lets only the kept weights learn in between, what a
+    # step whose cost follows the nonzeros computes (docs/RESULTS.md, "Regrowth").
+    regrow_every: int = 1
 
     @property
     def is_dense(self) -> bool:
@@ -125,6 +129,9 @@ class SparsityConfig:
                             "'exponential'.")
         if self.min_per_neuron < 0:
             raise UserError("sparsity.min_per_neuron must be >= 0.")
+        if self.regrow_every < 1:
+            raise UserError(f"sparsity.regrow_every={self.regrow_every} must be 1 (every step, "
+                            "the paper's rule) or more.")
 
 
 @dataclass

@@ -261,10 +261,12 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
             x, y = batch_at(corpus.train, step, tc.seed, tc.batch_size, cfg.model.block_size,
                             rank, world)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logging = main and ((step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps)
             try:
                 loss_value, parts = training_step(
                     net, optimizer, sparsifier, decay, x, y, lr=lr,
-                    next_frac=(step + 1) / tc.max_steps, tc=tc, autocast=autocast, loss_fn=loss_fn)
+                    next_frac=(step + 1) / tc.max_steps, tc=tc, autocast=autocast, loss_fn=loss_fn,
+                    regrow=step % cfg.sparsity.regrow_every == 0, measure=logging)
             except NonFiniteLoss as e:
                 raise TrainingDiverged(
                     f"the loss became {e} at step {step}; stopped, and the last good "
@@ -357,9 +359,16 @@ class NonFiniteLoss(Exception):
 
 
 def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_frac: float,
-                  tc: TrainConfig, autocast=None, loss_fn=None) -> tuple[float, dict]:
+                  tc: TrainConfig, autocast=None, loss_fn=None, regrow: bool = True,
+                  measure: bool = False) -> tuple[float, dict]:
     """One full step: forward, backward, RMS-normalise, Adam, project, decay. Returns the loss
     and its parts (`loss_fn(x, y) -> (loss, parts)`; default: the model's cross-entropy).
+
+    `regrow=False` lets only the kept (nonzero) weights learn: the pruned weights' gradients
+    are dropped and they stay zero, as in a step that computes the kept weights' gradients
+    alone. With `measure`, the parts also hold, for the budgeted tensors, the share of the
+    squared weight gradient that falls on kept weights (`grad_kept_share`) and, on a step
+    that regrows, the weights the projection brought back per kept weight (`regrown`).
 
     Raises NonFiniteLoss before touching any weight if the loss is NaN or infinite.
     `sparsifier=None` projects nothing (a frozen model).
@@ -374,6 +383,17 @@ def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_fr
     if not math.isfinite(loss_value):
         raise NonFiniteLoss(loss_value)
     loss.backward()
+    kept = None
+    if sparsifier is not None and (measure or not regrow):
+        params = [t.param for t in sparsifier.tensors if t.param.grad is not None]
+        kept = [p != 0 for p in params]
+        if measure:
+            on = sum(float(p.grad[k].square().sum()) for p, k in zip(params, kept))
+            every = sum(float(p.grad.square().sum()) for p in params)
+            parts = dict(parts, grad_kept_share=on / max(every, 1e-30))
+        if not regrow:
+            for p, k in zip(params, kept):
+                p.grad.mul_(k)
     for group in optimizer.param_groups:
         grads = [p.grad for p in group["params"] if p.grad is not None]
         if tc.grad_rms_norm and grads:
@@ -383,8 +403,15 @@ def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_fr
         group["lr"] = lr
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if kept is not None and not regrow:
+        with torch.no_grad():  # Adam's stale moments must not move a pruned weight either
+            for p, k in zip(params, kept):
+                p.mul_(k)
     if sparsifier is not None:
         sparsifier.project(next_frac)  # the density the next step runs at
+    if kept is not None and measure and regrow:
+        back = sum(int((p != 0).logical_and_(~k).sum()) for p, k in zip(params, kept))
+        parts = dict(parts, regrown=back / max(1, sum(int(k.sum()) for k in kept)))
     if tc.weight_decay and decay:
         with torch.no_grad():  # decoupled decay, after the projection (zeros stay zero)
             torch._foreach_mul_(decay, 1.0 - tc.weight_decay * lr)

@@ -129,3 +129,41 @@ def test_data_parallel_run_matches_a_single_process(corpus_dir, tmp_path):
         assert a["step"] == b["step"]
         key = "loss" if "loss" in a else "val_loss"
         assert b[key] == pytest.approx(a[key], abs=1e-3)
+
+
+def test_between_regrowth_steps_only_kept_weights_learn(corpus_dir, tmp_path):
+    from sparsecircuits.train import training_step
+    cfg = tiny_config(corpus_dir, sparsity=dict(anneal_start=0.0, anneal_end=0.0))
+    run = train(cfg, tmp_path / "run", log=quiet)
+    model, _ = sparsecircuits.load(run)
+    model.train()
+    from sparsecircuits.sparsity import WeightSparsifier
+    sp = WeightSparsifier(model.sparse_tensors(), cfg.sparsity)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, eps=0.1)
+    x = torch.randint(0, TEST_VOCAB, (4, 32))
+    y = torch.randint(0, TEST_VOCAB, (4, 32))
+    before = [t.param.detach().clone() for t in sp.tensors]
+    _, parts = training_step(model, opt, sp, model.decay_params(), x, y, lr=1e-2, next_frac=1.0,
+                             tc=cfg.train, regrow=False, measure=True)
+    moved = 0
+    for t, b in zip(sp.tensors, before):
+        assert not (t.param[b == 0] != 0).any(), t.name  # no pruned weight came back
+        moved += int((t.param != b).sum())
+    assert moved > 0 and "regrown" not in parts
+    assert 0 < parts["grad_kept_share"] < 1
+    # The paper's rule: the dense gradient may bring weights back at once.
+    for _ in range(3):
+        _, parts = training_step(model, opt, sp, model.decay_params(), x, y, lr=1e-1,
+                                 next_frac=1.0, tc=cfg.train, measure=True)
+        assert parts["regrown"] >= 0
+    with pytest.raises(sparsecircuits.UserError, match="regrow_every"):
+        tiny_config(corpus_dir, sparsity=dict(regrow_every=0))
+
+
+def test_a_run_with_rare_regrowth_logs_the_gradient_share(corpus_dir, tmp_path):
+    cfg = tiny_config(corpus_dir, sparsity=dict(regrow_every=5))
+    run = train(cfg, tmp_path / "run", log=quiet)
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").open()]
+    shares = [r["grad_kept_share"] for r in rows if "tokens" in r]
+    assert len(shares) == 4 and all(0 < s < 1 for s in shares)
+    assert sparsecircuits.load_config(run / "config.json").sparsity.regrow_every == 5
