@@ -15,7 +15,10 @@ the chosen runs are exported to half precision, one tar file each, for carrying 
     bring/NAME.tar        the export of each chosen run (sparse: best by tasks met, then
                           val loss; dense: the runs whose val loss brackets the best sparse's)
 
-`--grid tiny` runs the same pipeline on the tiny presets in a minute on a CPU.
+A run still training at `--grace` x the budget is stopped and neither evaluated nor
+exported (its metrics come back in logs.tar.gz). On the H200 the probe underestimated the
+sparse runs' later steps about twofold (docs/RESULTS.md): give `--budget-s` half the time there
+is. `--grid tiny` runs the same pipeline on the tiny presets in a minute on a CPU.
 """
 
 from __future__ import annotations
