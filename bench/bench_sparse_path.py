@@ -6,9 +6,10 @@ d_model 256 at 1/8; d_mlp 4 x d_model, heads of 16, AbsTopK 1/4).
     python bench/bench_sparse_path.py [--layers 2] [--d-model 2048] [--density 0.0009765625]
                                       [--rounds 3] [--no-shipped]
 
-Each model runs with every linear layer dense, every one sparse, and `auto` (each layer the
-faster, timed at load), in interleaved rounds; medians. Also the multiply-adds of the linear
-layers per token: dense, and the nonzeros' minimum (what the sparse path does).
+Each model runs with every linear layer dense, every one sparse, and `auto` (`GPT.auto_path`'s
+rule per layer), in interleaved rounds after one uncounted warm-up round; medians. Also the
+multiply-adds of the linear layers per token: dense, and the nonzeros' minimum (what the
+sparse path does).
 """
 
 from __future__ import annotations
@@ -49,17 +50,19 @@ def measure(name, model, tok, corpus, rounds):
     values = resolve_values(model, cfg, split, stats)
     x = torch.randint(0, model.cfg.vocab_size, (16, model.cfg.block_size))
     times = {}
-    for _ in range(rounds):
+    for i in range(rounds + 1):  # round 0 warms every path and is not counted
         for path in ("dense", "sparse", "auto"):
             model.set_path(path)
             with torch.no_grad():
                 t = time.perf_counter()
                 model(x)
-                times.setdefault((path, "forward"), []).append(time.perf_counter() - t)
+                if i:
+                    times.setdefault((path, "forward"), []).append(time.perf_counter() - t)
             with frozen(model):
                 t = time.perf_counter()
                 train_masks(model, split.train, values, cfg, NodeLayout(model), log=None)
-                times.setdefault((path, "mask step"), []).append((time.perf_counter() - t) / 2)
+                if i:
+                    times.setdefault((path, "mask step"), []).append((time.perf_counter() - t) / 2)
     dense, nz = macs(model)
     print(f"\n{name}: linear multiply-adds per token {dense:,} dense, {nz:,} nonzero "
           f"({dense / max(nz, 1):.0f}x fewer)")

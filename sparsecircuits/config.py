@@ -109,7 +109,7 @@ class SparsityConfig:
     anneal: str = "linear"         # "linear" or "exponential" (geometric) in density
     # Every how many steps the dense weight gradient may bring pruned weights back: 1 is the
     # paper's rule (every step); N > 1 lets only the kept weights learn in between, what a
-    # step whose cost follows the nonzeros computes (docs/RESULTS.md, "Regrowth").
+    # step whose cost follows the nonzeros computes (docs/RESULTS.md, "A sparse execution path").
     regrow_every: int = 1
 
     @property
