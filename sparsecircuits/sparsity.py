@@ -2,11 +2,10 @@
 
 After every optimizer step each weight matrix, bias and embedding keeps only its largest-|w|
 entries at the scheduled density; gradients and Adam moments stay dense, so pruned weights can
-come back. The selection is a k-th-value threshold rather than a sort. On the CPU a fused
+come back. On the CPU the selection is a k-th-value threshold rather than a sort: a fused
 kernel (`kernels.py`) marks each neuron's floor, finds the k-th largest |w| by radix selection
-and zeroes the rest in one call per tensor; elsewhere large tensors bracket the threshold from a
-strided sample and rank only the entries inside the bracket (the paper's "find a threshold,
-then fix the last entries exactly"). Both are exact: exactly k entries are kept, ties at the
+and zeroes the rest in one call per tensor. On an accelerator it is one stable sort per tensor,
+which reads nothing back to the host. Both are exact: exactly k entries are kept, ties at the
 k-th value broken by position. They differ only in which of several equal entries a neuron's
 floor takes (the kernel: the first; elsewhere: `torch.topk`'s choice); a test holds them equal
 on weights without such ties.
@@ -24,10 +23,6 @@ import torch
 from .config import SparsityConfig
 from .errors import UserError
 
-# Above this many entries the threshold is bracketed from a sample before the exact k-th value.
-_BRACKET_MIN_NUMEL = 1 << 20
-_SAMPLE = 1 << 14
-
 
 # ----------------------------------------------------------------------------- selection
 
@@ -36,29 +31,6 @@ def kth_largest(s: torch.Tensor, k: int) -> torch.Tensor:
     n = s.numel()
     if s.device.type == "cpu" and s.dtype == torch.float32:
         return torch.as_tensor(_np_partition_nonneg(s.numpy(), n - k)[n - k])
-    if n >= _BRACKET_MIN_NUMEL:
-        return _kth_largest_bracketed(s, k)
-    return s.kthvalue(n - k + 1).values
-
-
-def _kth_largest_bracketed(s: torch.Tensor, k: int) -> torch.Tensor:
-    """k-th largest by bracketing it from a strided sample and ranking only inside the bracket."""
-    n = s.numel()
-    stride = max(1, n // _SAMPLE)
-    sample = s[::stride].sort().values
-    m = sample.numel()
-    # The k-th largest sits near quantile 1 - k/n of the sample; widen by ~4 sigma of the
-    # sampling error so the bracket almost always holds it, and fall back if not.
-    centre = m * (1 - k / n)
-    half = 4 * math.sqrt(m * (k / n) * (1 - k / n)) + 2
-    lo = sample[max(0, int(centre - half))]
-    hi = sample[min(m - 1, int(centre + half))]
-    n_above = int((s > hi).sum())
-    if n_above < k:
-        band = s[(s >= lo) & (s <= hi)]
-        r = k - n_above  # rank wanted inside the band, counted from its top
-        if r <= band.numel():
-            return band.kthvalue(band.numel() - r + 1).values
     return s.kthvalue(n - k + 1).values
 
 
