@@ -1,7 +1,7 @@
 """Train a grid of sparse and dense models side by side on one machine, at one token budget.
 
 Used for the shipped pair when a GPU is lent for a few minutes (docs/RESULTS.md, "Capable models
-on a GPU"): every run of the grid trains at once, all with the same batch and the same number of
+on a lent GPU"): every run of the grid trains at once, all with the same batch and the same number of
 steps, so the dense family and the sparse variants see exactly the same tokens. The number of
 steps is chosen from a short probe of the whole grid running together (its slowest run), to fit
 a wall budget:
@@ -16,9 +16,13 @@ the chosen runs are exported to half precision, one tar file each, for carrying 
                           val loss; dense: the runs whose val loss brackets the best sparse's)
 
 A run still training at `--grace` x the budget is stopped and neither evaluated nor
-exported (its metrics come back in logs.tar.gz). On the H200 the probe underestimated the
-sparse runs' later steps about twofold (docs/RESULTS.md): give `--budget-s` half the time there
-is. `--grid tiny` runs the same pipeline on the tiny presets in a minute on a CPU.
+exported (its metrics come back in logs.tar.gz). Runs in separate processes take turns on one
+GPU, and a probe of a whole grid barely overlaps (the fast runs finish their 40 steps first):
+on the H200 it underestimated the sparse runs' steps about twofold while dense runs trained
+beside them (docs/RESULTS.md). A grid of one run probes truly; for a larger one, give
+`--budget-s` half the time there is. With several `--batch` values the run's batch is chosen
+from their probes (see `plan`); `--tokens` trains every run on a given token budget instead.
+`--grid tiny` runs the same pipeline on the tiny presets in a minute on a CPU.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ GRIDS = {
         "s128-8": _sparse(128, 1 / 8),                  # twice the nonzeros
         "s256-32": _sparse(256, 1 / 32),                # twice as wide, twice the nonzeros
         "d32": _dense(32),
+        "d40": _run("small-dense", model__d_model=40, model__d_mlp=160, model__d_head=20),
         "d48": _dense(48),
         "d64": _dense(64),
         "t80": _dense(80, afrac=0.25),                  # dense with AbsTopK 1/4
@@ -139,6 +144,22 @@ def choose(summary: dict, n_sparse: int) -> list[str]:
     return picked
 
 
+def plan(per_step: dict, budget_s: float, min_steps: int, tokens: float | None) -> tuple:
+    """(batch, steps) from the probes: with a token budget, the smallest batch whose steps fit
+    the wall budget (more steps for the same tokens), else the largest probed; otherwise the
+    largest batch that still fits `min_steps` steps (more tokens at no fewer steps), else the
+    smallest probed."""
+    def fits(b):  # steps of batch b in the budget, at the slowest run's pace
+        return int(budget_s / max(per_step[b].values())) // 100 * 100
+    batches = sorted(per_step)
+    if tokens:
+        need = {b: max(100, round(tokens / (b * 128) / 100) * 100) for b in batches}
+        b = next((b for b in batches if need[b] <= fits(b)), batches[-1])
+        return b, need[b]
+    b = max((b for b in batches if fits(b) >= min_steps), default=batches[0])
+    return b, fits(b)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--grid", choices=sorted(GRIDS), default="gpu")
@@ -146,7 +167,14 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, required=True,
                     help="wall seconds for the main trainings, all at once")
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int, nargs="+", default=[256],
+                    help="batch sizes to probe; with several, the run takes the largest that "
+                         "still fits --min-steps steps in the budget (or, with --tokens, the "
+                         "smallest that fits the tokens)")
+    ap.add_argument("--min-steps", type=int, default=8000)
+    ap.add_argument("--tokens", type=float,
+                    help="train every run on this many tokens (steps = tokens / batch / 128) "
+                         "instead of as many steps as the budget allows")
     ap.add_argument("--probe-steps", type=int, default=40)
     ap.add_argument("--runs", nargs="+", help="only these runs of the grid")
     ap.add_argument("--grace", type=float, default=1.25,
@@ -154,32 +182,36 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=40000)
     ap.add_argument("--n", type=int, default=64, help="pairs per task in the suite eval")
     ap.add_argument("--bring", type=int, default=2, help="sparse runs to export")
+    ap.add_argument("--bring-all", action="store_true", help="export every finished run")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     grid = {n: s for n, s in GRIDS[a.grid].items() if not a.runs or n in a.runs}
     t0 = time.time()
 
-    print(f"probe: {len(grid)} runs x {a.probe_steps} steps at batch {a.batch}", flush=True)
-    probes = {n: launch(n, s, out / "probe", a.corpus, a.batch, a.probe_steps, a.probe_steps,
-                        out / "logs" / "probe") for n, s in grid.items()}
-    codes = wait_all(probes)
-    bad = {n: c for n, c in codes.items() if c}
-    if bad:
-        for n in bad:
-            print(open(out / "logs" / "probe" / f"{n}.log").read()[-2000:])
-        raise SystemExit(f"probe failed: {bad}")
-    per_step = {n: step_time(out / "probe" / n) for n in grid}
-    print("probe s/step: " + ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in per_step.items()),
-          flush=True)
-    steps = min(int(a.budget_s / max(per_step.values())) // 100 * 100, a.max_steps)
-    steps = max(steps, a.probe_steps)
+    per_step = {}  # batch -> run -> seconds per step, all runs of the grid at once
+    for b in a.batch:
+        print(f"probe: {len(grid)} runs x {a.probe_steps} steps at batch {b}", flush=True)
+        pdir = out / "probe" / f"b{b}"
+        probes = {n: launch(n, s, pdir, a.corpus, b, a.probe_steps, a.probe_steps,
+                            out / "logs" / "probe" / f"b{b}") for n, s in grid.items()}
+        codes = wait_all(probes)
+        bad = {n: c for n, c in codes.items() if c}
+        if bad:
+            for n in bad:
+                print(open(out / "logs" / "probe" / f"b{b}" / f"{n}.log").read()[-2000:])
+            raise SystemExit(f"probe failed: {bad}")
+        per_step[b] = {n: step_time(pdir / n) for n in grid}
+        print("probe s/step: " + ", ".join(f"{n} {t * 1e3:.1f} ms"
+                                           for n, t in per_step[b].items()), flush=True)
+    batch, steps = plan(per_step, a.budget_s, a.min_steps, a.tokens)
+    steps = max(min(steps, a.max_steps), a.probe_steps)
     eval_every = max(50, steps // 20)
-    print(f"main: {len(grid)} runs x {steps} steps x {a.batch * 128} tokens "
+    print(f"main: {len(grid)} runs x {steps} steps x {batch * 128} tokens "
           f"(after {time.time() - t0:.0f} s)", flush=True)
 
     t1 = time.time()
-    procs = {n: launch(n, s, out / "runs", a.corpus, a.batch, steps, eval_every,
+    procs = {n: launch(n, s, out / "runs", a.corpus, batch, steps, eval_every,
                        out / "logs") for n, s in grid.items()}
     codes = wait_all(procs, deadline=t1 + a.grace * a.budget_s)
     wall = time.time() - t1
@@ -191,8 +223,8 @@ def main() -> None:
     summary = {}
     for n, s in grid.items():
         sets = s["sets"]
-        row = dict(preset=s["preset"], sets=sets, steps=steps, batch=a.batch,
-                   tokens=steps * a.batch * 128, exit=codes[n], wall_s=round(wall, 1),
+        row = dict(preset=s["preset"], sets=sets, steps=steps, batch=batch,
+                   tokens=steps * batch * 128, exit=codes[n], wall_s=round(wall, 1),
                    sparse=s["preset"].endswith("-sparse"),
                    topk=float(sets.get("model.afrac", 1.0)) < 1.0)
         if codes[n] == 0:
@@ -200,8 +232,9 @@ def main() -> None:
             row["val_loss"] = row["val"].get("val_loss")
         summary[n] = row
         print(n, row.get("val_loss"), row.get("n_met"), row.get("tasks_met"), flush=True)
-    picked = choose(summary, a.bring)
-    json.dump(dict(grid=a.grid, steps=steps, batch=a.batch, probe_ms=per_step, picked=picked,
+    picked = ([n for n, r in summary.items() if r["exit"] == 0] if a.bring_all
+              else choose(summary, a.bring))
+    json.dump(dict(grid=a.grid, steps=steps, batch=batch, probe_s=per_step, picked=picked,
                    runs=summary), open(out / "summary.json", "w"), indent=1)
     bring = out / "bring"
     bring.mkdir(exist_ok=True)
