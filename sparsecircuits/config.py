@@ -153,6 +153,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1", ...
     autocast: str = "none"         # "none" or "bf16" (CUDA only)
+    # The training step: "dense" computes over the full weight matrices with their zeros;
+    # "sparse", between regrowth steps after the anneal, computes on the kept weights alone
+    # (sparsecircuits/pattern.py), the same step to float rounding (needs regrow_every > 1).
+    path: str = "dense"
 
     def validate(self) -> None:
         _positive(self, "batch_size", "max_steps", "log_every", "eval_every", "eval_batches",
@@ -163,6 +167,8 @@ class TrainConfig:
             raise UserError(f"train.warmup_frac={self.warmup_frac} must be in [0, 1).")
         if self.autocast not in ("none", "bf16"):
             raise UserError(f"train.autocast='{self.autocast}' is unknown; use 'none' or 'bf16'.")
+        if self.path not in ("dense", "sparse"):
+            raise UserError(f"train.path='{self.path}' is unknown; use 'dense' or 'sparse'.")
 
 
 @dataclass
@@ -181,6 +187,13 @@ class RunConfig:
         self.model.validate()
         self.sparsity.validate()
         self.train.validate()
+        if self.train.path == "sparse" and (self.sparsity.regrow_every == 1
+                                            or self.sparsity.is_dense):
+            raise UserError("train.path='sparse' trains the kept weights between regrowth "
+                            "steps; set sparsity.regrow_every above 1 on a sparse model, or use "
+                            "train.path='dense'.")
+        if self.train.path == "sparse" and self.train.autocast != "none":
+            raise UserError("train.path='sparse' runs in float32; set train.autocast='none'.")
         return self
 
     def to_dict(self) -> dict:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SITE_KINDS, ModelConfig
+from .pattern import PatternLinear
 from .sparsity import SparseTensor, abstopk
 
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
@@ -71,11 +72,19 @@ class Linear(nn.Linear):
     """`nn.Linear` with a second way to run: through its weight's nonzeros (a CSR copy), for
     frozen weight-sparse models (`GPT.set_path`). The sparse path is taken only while the
     weight needs no gradient or none is being recorded, and the CSR copy follows the weight:
-    it is rebuilt whenever the weight changes in place (training, loading)."""
+    it is rebuilt whenever the weight changes in place (training, loading). While a training
+    step on the kept weights holds the weight as values on its pattern (`pattern.KeptWeights`),
+    the layer runs on those values, and the gradient goes to them."""
 
     path = "dense"
 
     def forward(self, x):
+        kept = self.__dict__.get("_kept")
+        if kept is not None:
+            y = PatternLinear.apply(x.reshape(-1, x.shape[-1]), kept.values, kept)
+            if self.bias is not None:
+                y = y + self.bias
+            return y.reshape(*x.shape[:-1], y.shape[-1])
         if self.path == "dense" or (self.weight.requires_grad and torch.is_grad_enabled()):
             return F.linear(x, self.weight, self.bias)
         csr = self.__dict__.get("_csr")
@@ -92,6 +101,7 @@ class Linear(nn.Linear):
     def __getstate__(self):  # a spawned worker rebuilds the copy on first use
         state = dict(self.__dict__)
         state.pop("_csr", None)
+        state.pop("_kept", None)
         return state
 
 

@@ -229,18 +229,19 @@ class WeightSparsifier:
         return min(self.cfg.min_per_neuron, t.param.shape[t.floor_axis])
 
     @torch.no_grad()
-    def project(self, frac: float, select=None) -> None:
+    def project(self, frac: float, select=None, skip=None) -> None:
         """Zero all but each tensor's top-k at the density of training fraction `frac`.
 
         By default a CPU float32 tensor goes through the fused kernel (`kernels.py`: floor,
         radix selection and zeroing in one call) and any other through `mask` with
         `topk_mask`; `select` forces `mask` with that selection (the benchmark compares them).
+        Parameters for which `skip(param)` is true are left alone.
         """
         dens = self.densities(frac)
         fused = _cpu_projection() if select is None else None
         for t in self.tensors:
             k = t.k_at(dens[t.group])
-            if k >= t.param.numel():
+            if k >= t.param.numel() or (skip is not None and skip(t.param)):
                 continue
             p = t.param
             if fused and p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous():

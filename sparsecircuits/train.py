@@ -40,6 +40,7 @@ from .corpus import corpus_for_run, open_corpus
 from .errors import UserError
 from .memory import keep_freed_memory
 from .model import GPT
+from .pattern import KeptWeights
 from .sparsity import WeightSparsifier, lr_at, sharkfin_factor
 
 
@@ -248,6 +249,10 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
     loss_fn = None if bridges is None else (lambda x, y: bridged_loss(
         model, dense, bridges, x, y, bcfg,
         kl_locations(len(bridges.locations), bcfg, tc.seed, step)))
+    if tc.path == "sparse" and (world > 1 or bridges is not None or frozen):
+        raise UserError("train.path='sparse' trains one model in one process; use "
+                        "train.path='dense' with bridges or torchrun.")
+    kept_weights = None  # engaged between regrowth steps with train.path = "sparse"
     metrics = open(out / "metrics.jsonl", "a") if main else None
     progress = Progress(tc.max_steps) if main else None
     step, t_start, last_val = state["step"], time.time(), state.get("val_loss")
@@ -262,11 +267,20 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
                             rank, world)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             logging = main and ((step + 1) % tc.log_every == 0 or step + 1 == tc.max_steps)
+            regrow = step % cfg.sparsity.regrow_every == 0
+            # after the anneal the kept set is fixed from one regrowth step to the next
+            on_pattern = tc.path == "sparse" and not regrow and frac >= cfg.sparsity.anneal_end
+            if on_pattern and kept_weights is None:
+                kept_weights = KeptWeights(model, optimizer, sparsifier.tensors,
+                                           (tc.beta1, tc.beta2), tc.eps)
+            elif not on_pattern and kept_weights is not None:
+                kept_weights.release()
+                kept_weights = None
             try:
                 loss_value, parts = training_step(
                     net, optimizer, sparsifier, decay, x, y, lr=lr,
                     next_frac=(step + 1) / tc.max_steps, tc=tc, autocast=autocast, loss_fn=loss_fn,
-                    regrow=step % cfg.sparsity.regrow_every == 0, measure=logging)
+                    regrow=regrow, measure=logging, kept_weights=kept_weights)
             except NonFiniteLoss as e:
                 raise TrainingDiverged(
                     f"the loss became {e} at step {step}; stopped, and the last good "
@@ -311,10 +325,14 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
                         bcfg.rms = dict(sparse=residual_rms(model, val, tc.batch_size),
                                         dense=residual_rms(dense, val, tc.batch_size))
                     save_bridges(out, bridges, optimizer, bcfg, model)
+                if kept_weights is not None:
+                    kept_weights.flush()  # Adam's dense moments, as the checkpoint holds them
                 save_checkpoint(out, model, optimizer, dict(state), cfg)
             if on_step is not None:
                 on_step(step)
     finally:
+        if kept_weights is not None:
+            kept_weights.release()
         if main:
             progress.close()
             metrics.close()
@@ -360,15 +378,19 @@ class NonFiniteLoss(Exception):
 
 def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_frac: float,
                   tc: TrainConfig, autocast=None, loss_fn=None, regrow: bool = True,
-                  measure: bool = False) -> tuple[float, dict]:
+                  measure: bool = False, kept_weights: KeptWeights | None = None
+                  ) -> tuple[float, dict]:
     """One full step: forward, backward, RMS-normalise, Adam, project, decay. Returns the loss
     and its parts (`loss_fn(x, y) -> (loss, parts)`; default: the model's cross-entropy).
 
     `regrow=False` lets only the kept (nonzero) weights learn: the pruned weights' gradients
-    are dropped and they stay zero, as in a step that computes the kept weights' gradients
-    alone. With `measure`, the parts also hold, for the budgeted tensors, the share of the
-    squared weight gradient that falls on kept weights (`grad_kept_share`) and, on a step
-    that regrows, the weights the projection brought back per kept weight (`regrown`).
+    are dropped and they stay zero. `kept_weights` (engaged between regrowth steps once the
+    anneal has ended) computes that step for the linear layers' matrices on their nonzeros
+    alone: they are neither projected nor seen by `optimizer`, whose other weights step as
+    usual. With `measure` (on a dense step), the parts also hold, for the budgeted tensors,
+    the share of the squared weight gradient that falls on kept weights (`grad_kept_share`)
+    and, on a step that regrows, the weights the projection brought back per kept weight
+    (`regrown`).
 
     Raises NonFiniteLoss before touching any weight if the loss is NaN or infinite.
     `sparsifier=None` projects nothing (a frozen model).
@@ -383,6 +405,7 @@ def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_fr
     if not math.isfinite(loss_value):
         raise NonFiniteLoss(loss_value)
     loss.backward()
+    measure = measure and kept_weights is None
     kept = None
     if sparsifier is not None and (measure or not regrow):
         params = [t.param for t in sparsifier.tensors if t.param.grad is not None]
@@ -394,8 +417,10 @@ def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_fr
         if not regrow:
             for p, k in zip(params, kept):
                 p.grad.mul_(k)
-    for group in optimizer.param_groups:
+    extra = kept_weights.grads() if kept_weights is not None else []
+    for i, group in enumerate(optimizer.param_groups):
         grads = [p.grad for p in group["params"] if p.grad is not None]
+        grads += extra if i == 0 else []  # the model's group holds the dense weights
         if tc.grad_rms_norm and grads:
             n = sum(p.numel() for p in group["params"])
             sq = torch.stack(torch._foreach_norm(grads)).square().sum()
@@ -403,18 +428,22 @@ def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_fr
         group["lr"] = lr
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    decay_factor = 1.0 - tc.weight_decay * lr if tc.weight_decay and decay else 1.0
+    if kept_weights is not None:
+        kept_weights.step(lr, decay_factor)
     if kept is not None and not regrow:
         with torch.no_grad():  # Adam's stale moments must not move a pruned weight either
             for p, k in zip(params, kept):
                 p.mul_(k)
-    if sparsifier is not None:
-        sparsifier.project(next_frac)  # the density the next step runs at
+    if sparsifier is not None:  # at the density the next step runs at
+        sparsifier.project(next_frac, skip=kept_weights.holds if kept_weights else None)
     if kept is not None and measure and regrow:
         back = sum(int((p != 0).logical_and_(~k).sum()) for p, k in zip(params, kept))
         parts = dict(parts, regrown=back / max(1, sum(int(k.sum()) for k in kept)))
-    if tc.weight_decay and decay:
+    if decay_factor != 1.0:
         with torch.no_grad():  # decoupled decay, after the projection (zeros stay zero)
-            torch._foreach_mul_(decay, 1.0 - tc.weight_decay * lr)
+            rest = [p for p in decay if kept_weights is None or not kept_weights.holds(p)]
+            torch._foreach_mul_(rest, decay_factor)
     return loss_value, parts
 
 
