@@ -1,8 +1,9 @@
 """Train a grid of sparse and dense models side by side on one machine, at one token budget.
 
-Used for the shipped pair when a GPU is lent for a few minutes (docs/RESULTS.md, "Capable models
-on a lent GPU"): every run of the grid trains at once, all with the same batch and the same number of
-steps, so the dense family and the sparse variants see exactly the same tokens. The number of
+Used for the shipped pair when a GPU is lent for a few minutes (docs/RESULTS.md, "Capable
+models on a lent GPU"): every run of the grid trains at once, all with the same batch and the
+same number of steps, so the dense family and the sparse variants see exactly the same tokens
+(or, with `--tokens`, the same number of tokens at a batch chosen to fit). The number of
 steps is chosen from a short probe of the whole grid running together (its slowest run), to fit
 a wall budget:
 
