@@ -154,6 +154,9 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
     bridged = bridge_to is not None or (resume and has_bridges(out))
     if bridged and world > 1:
         raise UserError("bridged training runs in one process; launch it without torchrun.")
+    if tc.path == "sparse" and (world > 1 or bridged):
+        raise UserError("train.path='sparse' trains one model in one process; use "
+                        "train.path='dense' with bridges or torchrun.")
     if tc.batch_size % world:
         raise UserError(f"train.batch_size={tc.batch_size} is not divisible by the "
                         f"{world} processes; choose a multiple of {world}.")
@@ -249,9 +252,6 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
     loss_fn = None if bridges is None else (lambda x, y: bridged_loss(
         model, dense, bridges, x, y, bcfg,
         kl_locations(len(bridges.locations), bcfg, tc.seed, step)))
-    if tc.path == "sparse" and (world > 1 or bridges is not None or frozen):
-        raise UserError("train.path='sparse' trains one model in one process; use "
-                        "train.path='dense' with bridges or torchrun.")
     kept_weights = None  # engaged between regrowth steps with train.path = "sparse"
     metrics = open(out / "metrics.jsonl", "a") if main else None
     progress = Progress(tc.max_steps) if main else None
@@ -442,7 +442,8 @@ def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_fr
         parts = dict(parts, regrown=back / max(1, sum(int(k.sum()) for k in kept)))
     if decay_factor != 1.0:
         with torch.no_grad():  # decoupled decay, after the projection (zeros stay zero)
-            rest = [p for p in decay if kept_weights is None or not kept_weights.holds(p)]
+            rest = decay if kept_weights is None else [
+                p for p in decay if not kept_weights.holds(p)]
             torch._foreach_mul_(rest, decay_factor)
     return loss_value, parts
 

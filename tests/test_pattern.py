@@ -96,7 +96,7 @@ def test_a_sparse_path_run_resumes_mid_pattern_to_the_same_weights(corpus_dir, t
         assert _max_diff(a, b) < 1e-6
 
 
-def test_the_sparse_path_is_refused_where_it_cannot_apply(corpus_dir):
+def test_the_sparse_path_is_refused_where_it_cannot_apply(corpus_dir, tmp_path):
     with pytest.raises(sparsecircuits.UserError, match="regrow_every above 1"):
         tiny_config(corpus_dir, train=dict(path="sparse"))
     with pytest.raises(sparsecircuits.UserError, match="autocast"):
@@ -104,3 +104,8 @@ def test_the_sparse_path_is_refused_where_it_cannot_apply(corpus_dir):
                     train=dict(path="sparse", autocast="bf16"))
     with pytest.raises(sparsecircuits.UserError, match="train.path='csr' is unknown"):
         tiny_config(corpus_dir, train=dict(path="csr"))
+    # Bridges are refused before anything is written: the folder stays free for a new try.
+    cfg = tiny_config(corpus_dir, sparsity=dict(regrow_every=4), train=dict(path="sparse"))
+    with pytest.raises(sparsecircuits.UserError, match="one model in one process"):
+        train(cfg, tmp_path / "bridged", bridge_to=tmp_path / "dense", log=quiet)
+    assert not (tmp_path / "bridged").exists()
