@@ -35,11 +35,40 @@ PROVENANCE_FILE = "provenance.json"
 # afrac_loctypes of the release -> node sites here
 CS_LOCTYPES = {k.replace(".", "_"): k for k in SITE_KINDS}
 CS_RESIDUAL_LOCTYPES = ("resid_post_attn", "resid_post_mlp")
-# Keys with no effect on the forward pass of a trained model (training, kernels, bookkeeping;
-# sinusoidal positions are an init: their values are in the weights file like any others).
-CS_INERT = ("flash", "dropout", "pfrac", "expansion_factor", "rtopk", "grad_checkpointing",
-            "enable_sparse_kernels", "bigram_table_rank", "tokenizer_name", "debug_nans",
-            "dropout_cat_pos_emb", "sinusoidal_cat_pos_emb")
+ANY = None  # an inert key's every value leaves the forward pass alone
+# Keys of the release's config that do not change the forward pass of a trained model, each
+# with the values that keep it so and the reason, read from the release's own code (its
+# `GPTConfig`, `load_model` and training settings). A value outside the set is refused by name.
+CS_INERT = {
+    "dropout": (ANY, "dropout is off when a model is evaluated"),
+    "dropout_cat_pos_emb": (ANY, "dropout on the position channels, off when evaluated"),
+    "flash": (ANY, "the attention kernel; the release's own loader overrides it"),
+    "grad_checkpointing": (ANY, "recomputes activations in training to save memory"),
+    "debug_nans": (ANY, "assertions only"),
+    "enable_sparse_kernels": (ANY, "a kernel choice; the release's layers compute the same "
+                                   "product either way"),
+    "sparse_matmul_impl": (ANY, "a kernel choice of the training code"),
+    "afrac_approx": (ANY, "approximate AbsTopK in training; the release's forward always "
+                          "selects exactly"),
+    "debug_exact_topk": (ANY, "a training-time check of the top-k selection"),
+    "ignore_dw_grad": (ANY, "a training-only switch on the weight gradient"),
+    "pfrac": (ANY, "the training's nonzero budget; the weights hold what it produced"),
+    "expansion_factor": (ANY, "the training's width multiplier; d_model, n_head and d_mlp give "
+                              "the widths"),
+    "expansion_factor_mlp": (ANY, "the training's MLP width multiplier; d_mlp gives the width"),
+    "tokenizer_name": (ANY, "names the tokenizer, whose files come with --tokenizer-dir"),
+    "sinusoidal_cat_pos_emb": (ANY, "an init of the position channels (then frozen); their "
+                                    "values are in the weights file like any other"),
+    "n_embd": ((None,), "null means unset: d_model gives the width"),
+    "n_mlp": ((None,), "null means unset: d_mlp gives the width"),
+    "rtopk": ((False,), "off"),
+    "bigram_table_rank": ((None,), "null: the full vocab x vocab table"),
+}
+# What a value outside an inert key's set would need, for the refusal.
+CS_REFUSED = {
+    "rtopk": "a top-k variant the release's forward pass does not describe",
+    "bigram_table_rank": "a low-rank bigram table, which the model class does not have",
+}
 # The release config class's defaults, which a key absent from a file takes (d_head: d_model
 # // n_head, d_mlp: 4 * d_model).
 CS_DEFAULTS = dict(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, d_head=None,
@@ -55,16 +84,25 @@ def _cs_model_config(raw: dict, path: Path, inert: set[str]) -> tuple[ModelConfi
     the release's flags the tensor mapping needs."""
     raw = dict(raw)
     for old, new in (("n_embd", "d_model"), ("n_mlp", "d_mlp")):
-        if old in raw:
-            if new in raw and raw[new] != raw[old]:
+        if raw.get(old) is not None:  # an older name of the key; null means unset
+            if raw.get(new) is not None and raw[new] != raw[old]:
                 raise UserError(f"{path} gives both {old}={raw[old]} and {new}={raw[new]}; "
-                                "fix the file so they agree.")
+                                "the file contradicts itself, so this model cannot be imported.")
             raw[new] = raw.pop(old)
-    mapped = sorted(set(inert) & set(CS_DEFAULTS))
+    mapped = sorted(set(inert) & (set(CS_DEFAULTS) | set(CS_INERT)))
     if mapped:
-        raise UserError(f"--inert {mapped[0]}: the importer maps that key onto the model; "
-                        "--inert is only for keys it does not know.")
-    set_aside = {k: raw[k] for k in raw if k in CS_INERT or k in inert}
+        raise UserError(f"--inert {mapped[0]}: the importer knows that key already (it maps it "
+                        "or checks its value); --inert is only for keys it does not know.")
+    set_aside = {}
+    for key, (allowed, _) in CS_INERT.items():
+        if key not in raw:
+            continue
+        if allowed is not ANY and raw[key] not in allowed:
+            need = CS_REFUSED.get(key, "a feature the model class does not have")
+            raise UserError(f"{path}: {key}={json.dumps(raw[key])} asks for {need}; this model "
+                            "cannot be imported.")
+        set_aside[key] = raw[key]
+    set_aside.update({k: raw[k] for k in raw if k in inert})
     unknown = sorted(k for k in raw if k not in CS_DEFAULTS and k not in set_aside)
     if unknown:
         raise UserError(f"{path} has the key '{unknown[0]}', which the importer does not know; "
@@ -208,7 +246,11 @@ def import_circuit_sparsity(src: str | Path, out: str | Path, *,
     provenance = dict(
         source="circuit-sparsity", folder=str(src.resolve()),
         files={f: sha256_file(src / f) for f in ("beeg_config.json", "final_model.pt")},
-        config=raw, inert_keys=set_aside, tensors=names, notes=notes)
+        config=raw, inert_keys=set_aside,
+        inert_reasons={k: CS_INERT[k][1] if k in CS_INERT else
+                       "RMSNorm has no bias" if k == "ln_bias" else "set aside by --inert"
+                       for k in set_aside},
+        tensors=names, notes=notes)
     return _write_run(out, cfg, tensors, tok, provenance, corpus, log)
 
 

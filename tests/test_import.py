@@ -40,7 +40,7 @@ def release_tensors(c: dict, seed: int = 0, final_bias: bool = True) -> dict:
     """Random weights in the release's names and shapes (about a third of each matrix zero)."""
     g = torch.Generator().manual_seed(seed)
     d, dm, V = c.get("d_model", c.get("n_embd")), c.get("d_mlp", c.get("n_mlp")), c["vocab_size"]
-    da, dp = c["n_head"] * c["d_head"], c["d_pos_emb"] or 0
+    da, dp = c["n_head"] * c["d_head"], c.get("d_pos_emb") or 0
     d_in = d + dp
 
     def w(*shape, sparse=True):
@@ -65,7 +65,7 @@ def release_tensors(c: dict, seed: int = 0, final_bias: bool = True) -> dict:
             sd[f"{p}{name}.weight"] = w(*shape)
             if c["bias"]:
                 sd[f"{p}{name}.bias"] = 0.1 * torch.randn(shape[0], generator=g)
-        if c["sink"]:
+        if c.get("sink"):
             sd[f"{p}attn.attn_imp.sink_logit"] = torch.randn(c["n_head"], generator=g)
     if layer_norm and c["ln_bias"]:
         sd["transformer.ln_f.bias"] = 0.1 * torch.randn(d, generator=g)
@@ -81,8 +81,8 @@ def release_tensors(c: dict, seed: int = 0, final_bias: bool = True) -> dict:
 def reference_logits(c: dict, sd: dict, idx: torch.Tensor) -> torch.Tensor:
     """The forward pass as the format's description states it, written independently of the
     model class."""
-    H, dh, dp = c["n_head"], c["d_head"], c["d_pos_emb"] or 0
-    locs = set(filter(None, (c["afrac_loctypes"] or "").split(","))) if c["afrac"] else set()
+    H, dh, dp = c["n_head"], c["d_head"], c.get("d_pos_emb") or 0
+    locs = set(filter(None, (c.get("afrac_loctypes") or "").split(","))) if c["afrac"] else set()
     B, T = idx.shape
     act = F.gelu if c["activation_type"] == "gelu" else F.relu
 
@@ -121,7 +121,7 @@ def reference_logits(c: dict, sd: dict, idx: torch.Tensor) -> torch.Tensor:
         q, k, v = (t.view(B, T, H, dh).transpose(1, 2) for t in (q, k, v))
         s = q @ k.transpose(-1, -2) / math.sqrt(dh)
         s = s.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
-        if c["sink"]:
+        if c.get("sink"):
             sink = sd[p + "attn.attn_imp.sink_logit"].view(1, H, 1, 1).expand(B, H, T, 1)
             a = torch.cat([sink, s], -1).softmax(-1)[..., 1:]
         else:
@@ -214,6 +214,163 @@ def test_the_input_sites_of_an_imported_model_read_the_concatenated_positions(to
     _, cache = model.run_with_cache(torch.randint(0, c["vocab_size"], (2, 10)))
     a = cache["blocks.0.attn.in"]
     assert a.shape[-1] == 20 and (a != 0).sum(-1).max() == 10
+
+
+# ----------------------------------------------------------------------------- the real configs
+
+RELEASED = Path(__file__).parent / "fixtures" / "release-configs"
+RELEASED_SHA256 = {
+    "csp_bridges1": "819e71e7ee02bca4bfc6b78e67e41b05fd1566ed75a2c6c10cee277c5cdfb7a1",
+    "csp_bridges2": "819e71e7ee02bca4bfc6b78e67e41b05fd1566ed75a2c6c10cee277c5cdfb7a1",
+    "csp_sweep1_1x_0.9Mnonzero_afrac0.125":
+        "0b4f4dd2c913f6b3e26abf3499860552656de663c82646c7599b0b1850e76477",
+    "csp_sweep1_2x_1.9Mnonzero_afrac0.125":
+        "e59708fef432db26318c2aac8155f09821569b2fff5fe146d4a7e12ad55e7e54",
+    "csp_yolo2": "a80b49d251d1bed529d56b52e87559c6b1000ae58034e148933f3c191b8b3a07",
+    "dense1_4x": "ca2832e787e9312cd529100511d4f4f7df4c039c8097fa9223d53cd6af10451f",
+}
+
+
+def released(name: str) -> dict:
+    path = RELEASED / name / "beeg_config.json"
+    import hashlib
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == RELEASED_SHA256[name], \
+        f"{path} is no longer the released file"
+    return json.loads(path.read_text())
+
+
+def shrunk(c: dict, vocab_size: int) -> dict:
+    """The released config at a test's size: 2 layers, 4 heads of the released width, d_mlp
+    in its released ratio, a short context; every other key (and every key) as released."""
+    small = dict(c)
+    small.update(n_layer=2, n_head=4, d_model=4 * c["d_head"], block_size=24,
+                 d_mlp=4 * c["d_head"] * c["d_mlp"] // c["d_model"], vocab_size=vocab_size)
+    if c.get("d_pos_emb"):
+        small["d_pos_emb"] = 8
+    assert small.keys() == c.keys()
+    return small
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED_SHA256))
+def test_every_released_config_imports_and_matches_the_reference_forward(name, tok, tmp_path):
+    c = shrunk(released(name), tok.get_vocab_size())
+    sd = release_tensors(c)
+    run = import_circuit_sparsity(write_release(tmp_path / name, c, sd, tok), tmp_path / "run",
+                                  log=quiet)  # no --inert: every released key is decided
+    model, _ = load(run)
+    idx = torch.randint(0, c["vocab_size"], (3, c["block_size"]),
+                        generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(idx) - reference_logits(c, sd, idx)).abs().max().item() < 1e-5
+    prov = read_provenance(run)
+    assert set(prov["config"]) == set(released(name))
+    assert set(prov["inert_keys"]) <= set(prov["inert_reasons"])
+    dense = c["afrac"] is None
+    assert (model.cfg.afrac == 1.0) == dense
+    assert model.cfg.sink == bool(c.get("sink")) and model.cfg.pos_norm == bool(c.get("d_pos_emb"))
+    if dense:  # pfrac 16 and no afrac_loctypes: every weight kept, no AbsTopK anywhere
+        assert json.loads((run / "config.json").read_text())["sparsity"]["weight_density"] > 0.6
+        assert "afrac_loctypes" not in c
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("rtopk", True, "rtopk=true"), ("bigram_table_rank", 64, "low-rank bigram table"),
+    ("n_embd", 999, "n_embd=999"), ("residual_activation_type", "relu", "residual_activation_type")])
+def test_a_released_key_at_a_value_that_changes_the_forward_is_refused(key, value, needle, tok,
+                                                                       tmp_path):
+    c = shrunk(released("csp_yolo2"), tok.get_vocab_size())
+    src = write_release(tmp_path / "r", dict(c, **{key: value}), release_tensors(c), tok)
+    with pytest.raises(UserError, match=needle.replace("(", r"\(")):
+        import_circuit_sparsity(src, tmp_path / "run", log=quiet)
+    assert not (tmp_path / "run").exists()
+
+
+def plant(c: dict, sd: dict, tok) -> tuple[dict, dict]:
+    """The planted mechanism of the circuit tests put into layer 0 of a released shape: token A
+    writes +1 and token B -1 on residual channel 0, neuron 0 reads it and writes channel 1, and
+    the two answers' unembedding rows read channel 1 alone. Nothing else reads channels 0 or 1
+    into a neuron or writes them, the bigram table is zero, and every other write is quiet
+    enough for the planted channels and neuron to pass AbsTopK, so the answer depends on three
+    nodes whatever the other (random, sparse) weights do."""
+    from .test_circuits import FILLERS, single_tokens
+    a, b = single_tokens(tok, [" def", " class"])
+    x_ans, y_ans = single_tokens(tok, ["(", ":"])
+    ids = {s: tok.encode(s, add_special_tokens=False).ids[0] for s in (a, b, x_ans, y_ans)}
+    sd = {k: v.clone() for k, v in sd.items()}
+    sd["transformer.wte.weight"].mul_(0.05)
+    sd["transformer.wte.weight"][:, :2] = 0
+    sd["transformer.wte.weight"][ids[a], 0], sd["transformer.wte.weight"][ids[b], 0] = 1.0, -1.0
+    sd["transformer.wpe.weight"].mul_(0.05)
+    sd["transformer.wpe.weight"][:, :2] = 0
+    sd["bigram_table"].zero_()
+    for i in range(c["n_layer"]):
+        p = f"transformer.h.{i}."
+        for lin in ("attn.c_proj", "mlp.c_proj"):  # quiet writes: the planted channels win
+            sd[p + lin + ".weight"].mul_(0.01)
+            sd[p + lin + ".weight"][:2] = 0
+            sd[p + lin + ".bias"][:2] = 0
+        sd[p + "mlp.c_fc.weight"].mul_(0.1)    # and the planted neuron its AbsTopK
+        sd[p + "mlp.c_fc.weight"][:, :2] = 0
+    fc, proj = "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"
+    sd[fc + ".weight"][0] = 0
+    sd[fc + ".weight"][0, 0] = 0.1
+    sd[fc + ".bias"][0] = 3.0
+    sd[proj + ".weight"][:, 0] = 0
+    sd[proj + ".weight"][1, 0] = 1.0
+    sd[proj + ".bias"][1] = -F.gelu(torch.tensor(3.0))
+    sd["lm_head.weight"][[ids[x_ans], ids[y_ans]]] = 0
+    sd["lm_head.weight"][ids[x_ans], 1], sd["lm_head.weight"][ids[y_ans], 1] = 20.0, -20.0
+    sd["transformer.ln_f.weight"].fill_(1.0)
+    return dict(a=a, b=b, target=x_ans, alt=y_ans, fill=[f.strip() for f in single_tokens(
+        tok, [" " + w for w in FILLERS])]), sd
+
+
+def test_the_smallest_released_shape_imports_at_its_real_size(tmp_path, capsys):
+    """csp_sweep1_1x at its real size: 8 layers, d_model 256, 1,024 positions, the 2,048-token
+    vocabulary of the shipped tokenizer."""
+    from sparsecircuits.demo import shipped_runs
+    from sparsecircuits.tokenizer import load_tokenizer
+    big = load_tokenizer(Path(shipped_runs()[0]) / "tokenizer.json")
+    c = released("csp_sweep1_1x_0.9Mnonzero_afrac0.125")
+    assert (c["n_layer"], c["d_model"], c["block_size"]) == (8, 256, 1024)
+    sd = release_tensors(c)
+    src = write_release(tmp_path / "release", c, sd, big)
+    code, out, err = run_cli(capsys, "import", "circuit-sparsity", str(src), "--out",
+                             str(tmp_path / "run"))
+    assert code == 0, err
+    assert "8 layers, d_model 256" in out
+    model, _ = load(tmp_path / "run")
+    idx = torch.randint(0, c["vocab_size"], (2, 96), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (model(idx) - reference_logits(c, sd, idx)).abs().max().item() < 1e-5
+
+
+def test_a_released_shape_goes_through_eval_prune_and_view(corpus_dir, tok, tmp_path, capsys):
+    """Every key of csp_sweep1_1x as released, at a test's size, with a circuit planted: the
+    imported run is taken by eval, prune --budget 1 and view, and the circuit holds the plant."""
+    from .test_circuits_cli import write_planted_task
+    c = shrunk(released("csp_sweep1_1x_0.9Mnonzero_afrac0.125"), tok.get_vocab_size())
+    c.update(d_model=128, n_head=8, d_mlp=512)  # room for AbsTopK (1/8) to keep 16 channels
+    words, sd = plant(c, release_tensors(c), tok)
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "import", "circuit-sparsity",
+                             str(write_release(tmp_path / "release", c, sd, tok)), "--out",
+                             str(run), "--corpus", str(corpus_dir))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "eval", str(run))
+    assert code == 0, err
+    task = tmp_path / "planted.toml"
+    write_planted_task(task, words)
+    circuit = tmp_path / "circuit.json"
+    code, out, err = run_cli(capsys, "prune", str(run), "--task", str(task), "--out",
+                             str(circuit), "--budget", "1", "--steps", "150")
+    assert code == 0, err
+    found = json.loads(circuit.read_text())
+    for site, index in (("blocks.0.mlp.in", 0), ("blocks.0.mlp.neuron", 0), ("blocks.0.mlp.out", 1)):
+        assert index in found["nodes"][site]
+    assert found["loss"] <= 0.15
+    code, out, err = run_cli(capsys, "view", str(circuit), "--out", str(tmp_path / "v.html"))
+    assert code == 0, err
 
 
 # ----------------------------------------------------------------------------- bad input
