@@ -73,6 +73,27 @@ LEVERS = {
     "afrac0.5": lambda c: _set(c, model__afrac=0.5),
     "gen": lambda c: _set(c, data__corpus="GENERATED"),        # resolved in `config_for`
 }
+# Dense baselines of a recipe's architecture: `denseD` is the small-dense preset's training
+# (no weight or activation sparsity, its learning rate) at d_model D; `topkD` the same with
+# AbsTopK at the sparse model's keep fraction. They apply after every other lever, wherever
+# they are written: `deep8+pos32+sink+dense32`.
+DENSE = {"dense": dict(afrac=1.0), "topk": dict(afrac=0.25)}
+
+
+def _dense(c, d: int, afrac: float):
+    _set(c, model__d_model=d, model__d_mlp=4 * d, model__afrac=afrac,
+         sparsity__weight_density=1.0, sparsity__other_density=1.0, train__lr=3e-3)
+
+
+def lever(name: str):
+    """The config edit of one lever, and whether it is a dense baseline's (applied last)."""
+    if name in LEVERS:
+        return LEVERS[name], False
+    for prefix, model in DENSE.items():
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return (lambda c, d=int(name[len(prefix):]): _dense(c, d, model["afrac"])), True
+    raise SystemExit(f"error: unknown lever '{name}'; levers: {', '.join(LEVERS)}, denseD, "
+                     "topkD (a dense baseline at d_model D).")
 
 GENERATED = 60000    # programs of the seeded generator mixed into the generated corpus
 
@@ -80,11 +101,9 @@ GENERATED = 60000    # programs of the seeded generator mixed into the generated
 def config_for(recipe: str, steps: int, out: Path):
     from sparsecircuits.config import preset
     cfg = preset("small-sparse")
-    for lever in recipe.split("+"):
-        if lever not in LEVERS:
-            raise SystemExit(f"error: unknown lever '{lever}' in recipe '{recipe}'; levers: "
-                             f"{', '.join(LEVERS)}.")
-        LEVERS[lever](cfg)
+    edits = [lever(name) for name in recipe.split("+")]
+    for edit, _ in sorted(edits, key=lambda e: e[1]):  # dense baselines last (a stable sort)
+        edit(cfg)
     cfg.train.max_steps = steps
     cfg.train.eval_every = max(1, steps // 10)
     cfg.train.checkpoint_every = max(1, steps // 5)
@@ -224,7 +243,8 @@ def table(out: Path) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("recipes", nargs="*", help="levers joined by '+': " + ", ".join(LEVERS))
+    ap.add_argument("recipes", nargs="*", help="levers joined by '+': " + ", ".join(LEVERS)
+                    + ", denseD, topkD")
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "screen")
     ap.add_argument("--n", type=int, default=128, help="test pairs per task")
@@ -238,10 +258,8 @@ def main(argv=None):
     if not a.recipes:
         ap.error("name at least one recipe (or pass --table)")
     for r in a.recipes:  # every recipe checked before any trains
-        for lever in r.split("+"):
-            if lever not in LEVERS:
-                raise SystemExit(f"error: unknown lever '{lever}' in recipe '{r}'; levers: "
-                                 f"{', '.join(LEVERS)}.")
+        for name in r.split("+"):
+            lever(name)
     a.out.mkdir(parents=True, exist_ok=True)
     if "gen" in "+".join(a.recipes).split("+"):
         generated_corpus(a.out)  # once, before parallel runs could race to build it
