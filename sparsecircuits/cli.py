@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 
 from .errors import UserError, closest
@@ -125,12 +127,8 @@ def cmd_prune(a):
 
 def cmd_validate(a):
     from .checkpoint import atomic_write_text
-    from .circuits import Circuit, open_run, validate
-    circuit = Circuit.load(a.circuit)
-    run = a.run or circuit.provenance.get("run_dir")
-    if not run:
-        raise UserError(f"{a.circuit} does not say which run it came from; pass --run RUN_DIR.")
-    model, tok, corpus = open_run(run)
+    from .circuits import open_circuit, validate
+    circuit, model, tok, corpus = open_circuit(a.circuit, a.run)
     report = validate(circuit, model, tok, corpus=corpus, n=a.n, draws=a.draws,
                       controls=not a.no_controls, seed=a.seed, jobs=a.jobs)
     print()
@@ -212,6 +210,48 @@ def cmd_import_hf_gpt2(a):
     import_hf_gpt2(a.name, a.out, corpus=a.corpus)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument mistakes reported as every other mistake is: one line, exit status 2."""
+
+    def error(self, message):
+        # "argument --jobs: 0 must be at least 1" as the functions' own checks say it
+        message = re.sub(r"^argument (--[\w-]+): (?=\S+ must be)", r"\1 ", message)
+        self.exit(2, f"error: {message} (see `{self.prog} --help`).\n")
+
+
+def _whole(least: int):
+    """An option's type: a whole number >= `least`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
+        return value
+    return parse
+
+
+def _number(low: float, high: float, text: str):
+    """An option's type: a finite number with `low <= x <= high` (`text` says so)."""
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+        if not (math.isfinite(value) and low <= value <= high):  # NaN fails every comparison
+            raise argparse.ArgumentTypeError(f"{raw} must be a finite number {text}")
+        return value
+    return parse
+
+
+# The numeric options' types: a NaN, an infinity or a value out of range stops at parsing.
+COUNT, COUNT0, SEED = _whole(1), _whole(0), _whole(0)
+LOSS = _number(1e-12, math.log(2) - 1e-12, "between 0 and chance, ln 2 = 0.693")
+FRACTION = _number(0.0, 1.0, "in [0, 1]")
+POSITIVE = _number(1e-300, math.inf, "above 0")
+
+
 def _log_now(*args):
     print(*args, flush=True)  # progress lines appear as they happen, also through a pipe
 
@@ -227,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .circuits.search import DEFAULT_BUDGET
     from .study.compare import DEFAULT_TARGETS
     from .tasks.metrics import TARGET_LOSS
-    p = argparse.ArgumentParser(prog="sparsecircuits", description=(
+    p = _Parser(prog="sparsecircuits", description=(
         "Train weight-sparse transformers on Python code and inspect them."))
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -238,12 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .py file or folder (repeatable); default: this Python's standard library")
     b.add_argument("--out", required=True, metavar="DIR")
     b.add_argument("--vocab-size", type=int, default=2048)
-    b.add_argument("--val-frac", type=float, default=0.02)
+    b.add_argument("--val-frac", type=FRACTION, default=0.02)
     b.add_argument("--tokenizer", metavar="PATH", help="reuse this tokenizer.json instead of training")
-    b.add_argument("--generated", type=int, default=0, metavar="N",
+    b.add_argument("--generated", type=COUNT0, default=0, metavar="N",
                    help="add N programs of the seeded simple-Python generator beside the "
                         "sources (default 0)")
-    b.add_argument("--seed", type=int, default=0, help="the generator's seed (default 0)")
+    b.add_argument("--seed", type=SEED, default=0, help="the generator's seed (default 0)")
     b.add_argument("--force", action="store_true", help="replace DIR if it exists")
     b.set_defaults(fn=cmd_corpus_build)
 
@@ -258,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bridge-to", metavar="DENSE_RUN",
                    help="train bridges to this frozen dense run (same tokenizer and depth) "
                         "beside the sparse model")
-    t.add_argument("--kl-sites", type=int, default=0, metavar="K",
+    t.add_argument("--kl-sites", type=COUNT0, default=0, metavar="K",
                    help="with --bridge-to: hybrid passes per step and direction, K locations "
                         "drawn per step (default 0: every location)")
     t.set_defaults(fn=cmd_train)
@@ -268,9 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("dense_run", nargs="?", metavar="DENSE_RUN")
     b.add_argument("--out", required=True, metavar="DIR",
                    help="a new run folder: the sparse run with its bridges")
-    b.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
-    b.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
-    b.add_argument("--kl-sites", type=int, default=0, metavar="K",
+    b.add_argument("--steps", type=COUNT, default=1000, help="training steps (default 1000)")
+    b.add_argument("--lr", type=POSITIVE, default=3e-3, help="peak learning rate (default 3e-3)")
+    b.add_argument("--kl-sites", type=COUNT0, default=0, metavar="K",
                    help="hybrid passes per step and direction, K locations drawn per step "
                         "(default 0: every location)")
     b.add_argument("--resume", action="store_true", help="continue the bridges in --out")
@@ -279,15 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="val loss, sparsity and training summary of a run; with "
                        "--tasks, per-task loss and accuracy")
     e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--batches", type=int, default=None, help="val batches (default: the run's)")
+    e.add_argument("--batches", type=COUNT, default=None, help="val batches (default: the run's)")
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     e.add_argument("--corpus", metavar="DIR", help="evaluate on this corpus (default: the run's)")
     e.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="instead: per-task loss and accuracy; 'all', names, NAME:inverted, "
                         "NAME:constant or .toml files")
-    e.add_argument("--n", type=int, default=64, help="pairs per task (with --tasks)")
+    e.add_argument("--n", type=COUNT, default=64, help="pairs per task (with --tasks)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=SEED, default=0)
     e.set_defaults(fn=cmd_eval)
 
     tk = sub.add_parser("tasks", help="the task suite: list tasks, show their pairs")
@@ -296,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     tl.set_defaults(fn=cmd_tasks_list)
     ts = tsub.add_parser("show", help="print a task's pairs with their answer tokens")
     ts.add_argument("name", metavar="TASK", help="a task name, NAME:inverted, or a .toml file")
-    ts.add_argument("--n", type=int, default=5)
+    ts.add_argument("--n", type=COUNT, default=5)
     ts.add_argument("--split", default="test", choices=["train", "val", "test"])
-    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--seed", type=SEED, default=0)
     ts.add_argument("--run", metavar="RUN_DIR", help="use this run's tokenizer (default: the "
                     "default corpus's) and flag answers its model never predicts")
     ts.set_defaults(fn=cmd_tasks_show)
@@ -310,18 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("run_dir", metavar="RUN_DIR")
     pa.add_argument("--task", required=True, help="a task name, NAME:inverted, or a .toml file")
     pa.add_argument("--out", required=True, metavar="CIRCUIT.json")
-    pa.add_argument("--target-loss", type=float, default=TARGET_LOSS)
+    pa.add_argument("--target-loss", type=LOSS, default=TARGET_LOSS)
     pa.add_argument("--ablation", default="mean", choices=ABLATIONS,
                     help="what a pruned node is held at (mean: over pretraining tokens; "
                          "resample: its value on another prompt of the task)")
     pa.add_argument("--freeze-norm", action="store_true",
                     help="reuse the unpruned pass's RMSNorm scales")
-    pa.add_argument("--seed", type=int, default=0)
-    pa.add_argument("--steps", type=int, default=None,
+    pa.add_argument("--seed", type=SEED, default=0)
+    pa.add_argument("--steps", type=COUNT, default=None,
                     help=f"mask-training steps per run (default {PruneConfig.steps})")
-    pa.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+    pa.add_argument("--budget", type=COUNT, default=DEFAULT_BUDGET,
                     help="pruning runs of the built-in search (1: the paper's centre settings)")
-    pa.add_argument("--jobs", type=int, default=None,
+    pa.add_argument("--jobs", type=COUNT, default=None,
                     help="runs in parallel (default: one per core)")
     pa.set_defaults(fn=cmd_prune)
 
@@ -329,13 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("circuit", metavar="CIRCUIT.json")
     va.add_argument("--run", metavar="RUN_DIR", help="the circuit's run (default: as recorded)")
     va.add_argument("--out", metavar="VALIDATION.json", help="also write the figures as JSON")
-    va.add_argument("--n", type=int, default=128, help="test pairs")
-    va.add_argument("--draws", type=int, default=20,
+    va.add_argument("--n", type=COUNT, default=128, help="test pairs")
+    va.add_argument("--draws", type=COUNT, default=20,
                     help="random circuits, resampling and stochastic draws")
     va.add_argument("--no-controls", action="store_true",
                     help="skip the controls and sensitivity prunings (faster)")
-    va.add_argument("--seed", type=int, default=0)
-    va.add_argument("--jobs", type=int, default=None,
+    va.add_argument("--seed", type=SEED, default=0)
+    va.add_argument("--jobs", type=COUNT, default=None,
                     help="the controls' pruning runs in parallel (default: one per core)")
     va.set_defaults(fn=cmd_validate)
 
@@ -376,18 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--counterfactual",
                     help="the same text changed where the node should see the difference "
                          "(as many tokens)")
-    st.add_argument("--pairs", type=int, default=0, metavar="N",
+    st.add_argument("--pairs", type=COUNT, default=0, metavar="N",
                     help="instead: N pairs of the circuit's task, each corrupt prompt pushed "
                          "toward its clean one")
     st.add_argument("--split", default="test", choices=["test", "val", "train"],
                     help="the pairs' split (default test)")
-    st.add_argument("--strengths", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+    st.add_argument("--strengths", nargs="+", type=FRACTION, default=[0.0, 0.25, 0.5, 0.75, 1.0],
                     metavar="S", help="strengths in [0, 1] (default 0 0.25 0.5 0.75 1)")
     st.add_argument("--answers", nargs=2, metavar=("A", "B"),
                     help="the two answers (default: the circuit's task's)")
-    st.add_argument("--random", type=int, default=20, metavar="N",
+    st.add_argument("--random", type=COUNT, default=20, metavar="N",
                     help="random directions of the same norm to compare with (default 20)")
-    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--seed", type=SEED, default=0)
     st.add_argument("--out", metavar="DIR", help="write steer.json, .png, .svg and .md here")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_steer)
@@ -399,17 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--tasks", nargs="+", metavar="TASK",
                     help="tasks (default: every suite task both models bring below the "
                          "loosest target)")
-    cp.add_argument("--targets", nargs="+", type=float, metavar="LOSS",
+    cp.add_argument("--targets", nargs="+", type=LOSS, metavar="LOSS",
                     default=list(DEFAULT_TARGETS))
-    cp.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+    cp.add_argument("--budget", type=COUNT, default=DEFAULT_BUDGET,
                     help="pruning runs per task and model (the same search as prune)")
-    cp.add_argument("--steps", type=int, default=PruneConfig.steps,
+    cp.add_argument("--steps", type=COUNT, default=PruneConfig.steps,
                     help="mask-training steps per run")
     cp.add_argument("--ablation", default="mean", choices=ABLATIONS,
                     help="what a pruned node is held at, in both models (as for prune)")
     cp.add_argument("--freeze-norm", action="store_true",
                     help="replay the full pass's RMSNorm scales in pruned passes (as for prune)")
-    cp.add_argument("--jobs", type=int, default=None,
+    cp.add_argument("--jobs", type=COUNT, default=None,
                     help="(task, model) searches run at once, one process each (default: one "
                          "per core)")
     cp.add_argument("--out", required=True, metavar="DIR")
@@ -464,9 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: circuits in the shipped sparse and dense "
                        "models, compared, validated and shown")
     d.add_argument("--out", default="sparsecircuits-demo", metavar="DIR")
-    d.add_argument("--jobs", type=int, default=None,
+    d.add_argument("--jobs", type=COUNT, default=None,
                    help="circuits worked on at once, one process each (default: one per core)")
-    d.add_argument("--budget", type=int, default=DEFAULT_BUDGET,
+    d.add_argument("--budget", type=COUNT, default=DEFAULT_BUDGET,
                    help="trials of the circuit search per circuit (as for prune)")
     d.add_argument("--ablation", default="mean", choices=ABLATIONS,
                    help="what a pruned node is held at (mean: over pretraining tokens; "
@@ -479,11 +519,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or an argument mistake already reported in one line
+        return e.code if isinstance(e.code, int) else 0
     try:
         args.fn(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a folder without permission: the machine's, not a bug
+        where = f" {e.filename}" if e.filename else ""
+        print(f"error: could not read or write{where} ({e.strerror or e}); free space or fix "
+              "the permissions there, then run the command again.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; a run can continue from its last checkpoint with "

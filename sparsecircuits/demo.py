@@ -40,9 +40,10 @@ TARGET = TARGET_LOSS   # a model does a task at this loss or below; the circuit 
 
 
 def shipped_runs() -> tuple[Path, Path]:
+    from .checkpoint import MODEL_FILE, checkpoint_dir
     runs = SHIPPED / "sparse", SHIPPED / "dense"
     for r in runs:
-        if not (r / "model.safetensors").is_file():
+        if not (r.is_dir() and (checkpoint_dir(r) / MODEL_FILE).is_file()):
             raise UserError(f"the shipped model {r} is missing from this installation; install "
                             "sparsecircuits from its repository (`pip install -e .`), which "
                             "carries the models.")
@@ -230,7 +231,7 @@ def _circuit_job(a: dict, d: dict) -> dict:
     if a["study"] is not None:
         at = a["study"]["frontier"]["targets"].get(str(TARGET))
         frontier = a["study"]["frontier"]
-        c = Circuit.load(a["study"]["circuit"]) if at else None
+        c = Circuit.load(a["study"]["circuit"], d["model"]) if at else None
         if c is not None:   # the same weights (by hash) wherever the study found them
             c.provenance["run_dir"] = str(d["run"].resolve())
     else:

@@ -3,7 +3,6 @@ the training summary, and per-task loss and accuracy."""
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -12,9 +11,10 @@ from pathlib import Path
 import torch
 
 from .bridges import evaluate_bridges, has_bridges, load_bridges, load_dense
-from .checkpoint import load, read_run_config
+from .checkpoint import load, read_metrics, read_run_config
 from .config import SITE_KINDS
 from .corpus import corpus_for_run
+from .errors import UserError
 from .tasks import TARGET_LOSS, TaskResult, get_tasks, task_metrics
 from .train import val_loss, val_windows
 
@@ -161,7 +161,7 @@ def training_summary(run_dir: Path) -> dict:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return {}
-    rows = [r for r in map(json.loads, path.read_text().splitlines()) if "tokens_per_s" in r]
+    rows = [r for r in read_metrics(path) if "tokens_per_s" in r]
     if not rows:
         return {}
     elapsed, prev = 0.0, 0.0
@@ -176,6 +176,9 @@ def evaluate(run_dir: str | Path, *, batches: int | None = None,
              corpus: str | Path | None = None) -> EvalReport:
     """Evaluate a run folder on the val split of its corpus (or of `corpus`)."""
     cfg = read_run_config(run_dir)
+    if batches is not None and batches < 1:
+        raise UserError(f"--batches {batches} must be at least 1 (or left out: the run's "
+                        f"{cfg.train.eval_batches}).")
     model, _ = load(run_dir)
     corpus = corpus_for_run(corpus or cfg.data.corpus, Path(run_dir) / "tokenizer.json",
                             log=lambda *a: None)

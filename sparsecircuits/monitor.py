@@ -33,6 +33,7 @@ import contextlib
 from collections import Counter
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ import torch
 
 from .circuits.circuit import Circuit
 from .circuits.taskdata import TaskData
-from .errors import UserError
+from .errors import UserError, closest, json_type
 from .tasks import get_task
 from .tasks.core import answer_ids
 
@@ -61,11 +62,28 @@ class Thresholds:
     min_engagement: float = 0.5    # alert below this fraction of the reference engagement
 
 
+# The values a threshold can meaningfully take (a file's value outside is refused): the two
+# fractions in [0, 1] (0 never alerts, 1 alerts below the full share or the reference's
+# engagement), the two scores above 0 (an alert that can always fire is no threshold). Every
+# value must be finite: NaN never compares, so its alert could never fire.
+def _fraction(v):
+    return 0 <= v <= 1
+
+
+def _positive(v):
+    return v > 0
+
+
+RANGES = {"min_share": (_fraction, "in [0, 1]"), "min_engagement": (_fraction, "in [0, 1]"),
+          "max_anomaly": (_positive, "above 0"), "max_node_z": (_positive, "above 0")}
+
+
 @dataclass
 class Policy:
     """Alert thresholds: `default`, and per circuit (by its task name) overrides."""
     default: Thresholds = field(default_factory=Thresholds)
     circuits: dict[str, Thresholds] = field(default_factory=dict)
+    source: str = ""               # the file it was read from, for messages
 
     def for_circuit(self, name: str) -> Thresholds:
         return self.circuits.get(name, self.default)
@@ -86,21 +104,42 @@ class Policy:
             raise UserError(f"policy file {path} has the table [{sorted(unknown)[0]}]; use "
                             "[default] and [circuit.TASK].")
         default = _thresholds(d.get("default", {}), Thresholds(), path, "default")
+        circuits = d.get("circuit", {})
+        if not isinstance(circuits, dict):
+            raise UserError(f"policy file {path}: 'circuit' must be tables [circuit.TASK], one "
+                            "per watched circuit.")
         per = {name: _thresholds(t, default, path, f"circuit.{name}")
-               for name, t in d.get("circuit", {}).items()}
-        return cls(default, per)
+               for name, t in circuits.items()}
+        return cls(default, per, str(path))
+
+    def check_names(self, watched: list[str]) -> None:
+        """Refuse a [circuit.NAME] table for a circuit not being watched: a misspelt task
+        name would otherwise leave that circuit on the default thresholds without a word."""
+        for name in self.circuits:
+            if name not in watched:
+                raise UserError(f"policy file {self.source or 'policy'}: [circuit.{name}] names "
+                                f"no circuit being watched (watched: {', '.join(watched)})"
+                                f"{closest(name, watched)}; name a watched circuit's task or "
+                                "remove the table.")
 
 
-def _thresholds(d: dict, base: Thresholds, path: Path, where: str) -> Thresholds:
+def _thresholds(d, base: Thresholds, path: Path, where: str) -> Thresholds:
+    if not isinstance(d, dict):
+        raise UserError(f"policy file {path}: [{where}] must be a table of thresholds.")
     known = set(Thresholds.__dataclass_fields__)
     for k, v in d.items():
         if k not in known:
-            raise UserError(f"policy file {path}, [{where}]: unknown key '{k}'; known: "
-                            f"{', '.join(sorted(known))}.")
-        if not isinstance(v, type(getattr(base, k))) and not (
-                isinstance(v, int) and isinstance(getattr(base, k), float)):
+            raise UserError(f"policy file {path}, [{where}]: unknown key '{k}'"
+                            f"{closest(k, known)}; known: {', '.join(sorted(known))}.")
+        want = type(getattr(base, k))
+        if not (type(v) is want or (want is float and type(v) is int)):  # bool is no number
             raise UserError(f"policy file {path}, [{where}]: {k} = {v!r} should be a "
-                            f"{type(getattr(base, k)).__name__}.")
+                            f"{'true or false' if want is bool else 'number'}.")
+        if k in RANGES:
+            ok, text = RANGES[k]
+            if not (math.isfinite(v) and ok(v)):
+                raise UserError(f"policy file {path}, [{where}]: {k} = {v!r} must be finite and "
+                                f"{text}.")
     return Thresholds(**{**asdict(base), **d})
 
 
@@ -216,13 +255,61 @@ def _mahalanobis(X: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -
 
 
 def load_reference(circuit: Circuit, path: Path) -> Reference | None:
+    """The reference statistics kept at `path`, or None when there are none for this circuit
+    (none yet, or of an earlier version of it: measured again). A file that is not what the
+    monitor wrote is refused, not overwritten: it may be someone's edit."""
     if not path.is_file():
         return None
+    fix = "delete it, and the monitor measures the statistics again."
     try:
-        ref = Reference(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
-        return None  # measured again
-    return ref if ref.key == circuit_key(circuit) else None
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON, so it holds no reference statistics; "
+                        f"{fix}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path} does not hold a JSON object of reference statistics; {fix}")
+    if d.get("key") != circuit_key(circuit):
+        return None  # of another circuit, model or way of measuring: measured again
+    if set(d) != set(Reference.__dataclass_fields__):
+        raise UserError(f"{path} does not hold the reference statistics the monitor writes; "
+                        f"{fix}")
+    problem = _reference_problem(d, [f"{s}[{i}]" for s, i in _node_list(circuit)])
+    if problem:
+        raise UserError(f"{path}: {problem}; {fix}")
+    return Reference(**d)
+
+
+def _reference_problem(d: dict, nodes: list[str]) -> str | None:
+    """What is wrong with reference statistics `d` of a circuit with `nodes`, if anything."""
+    def finite(v):
+        return type(v) in (int, float) and math.isfinite(v)
+
+    def vector(v):
+        return isinstance(v, list) and len(v) == n and all(map(finite, v))
+    n = len(nodes)
+    if d["nodes"] != nodes:
+        return "its nodes are not the circuit's"
+    for k in ("target", "alt"):
+        if not isinstance(d[k], str):
+            return f"'{k}' is not an answer string"
+    for k in ("active_at", "median", "scale", "mean"):
+        if not vector(d[k]):
+            return f"'{k}' is not {n} finite numbers, one per node"
+    if any(v <= 0 for v in d["scale"]):
+        return "'scale' has a value <= 0, by which a z-score would divide"
+    if not (isinstance(d["precision"], list) and len(d["precision"]) == n
+            and all(map(vector, d["precision"]))):
+        return f"'precision' is not a {n} x {n} matrix of finite numbers"
+    if not (finite(d["d2_q99"]) and d["d2_q99"] > 0):
+        return "'d2_q99' is not a number above 0"
+    for k in ("engagement", "agreement"):
+        if not (finite(d[k]) and 0 <= d[k] <= 1):
+            return f"'{k}' is not a fraction in [0, 1]"
+    if not finite(d["share"]):
+        return "'share' is not a finite number"
+    if not (type(d["prompts"]) is int and d["prompts"] > 0):
+        return "'prompts' is not a count above 0"
+    return None
 
 
 # ---------------------------------------------------------------------------- monitor
@@ -424,12 +511,20 @@ def monitor(model, circuits, policy: Policy | str | Path | None = None, *, tok=N
     from .circuits.search import open_run
     if isinstance(policy, (str, Path)):
         policy = Policy.load(policy)
-    watched = []
+    loaded = []  # every circuit read and checked before the model runs
     for c in circuits:
-        path = None
         if isinstance(c, (str, Path)):
-            path, c = Path(c), Circuit.load(c)
-        c.check_model(model)
+            loaded.append((Path(c), Circuit.load(c, model)))
+        else:
+            c.check_model(model)
+            loaded.append((None, c))
+    names = [c.task for _, c in loaded]
+    if len(set(names)) != len(names):
+        raise UserError("two of the circuits watch the same task; monitor one circuit per task.")
+    if policy is not None:
+        policy.check_names(names)
+    watched = []
+    for path, c in loaded:
         t, cp = tok, corpus
         if t is None or cp is None:
             run = c.provenance.get("run_dir")
@@ -440,9 +535,6 @@ def monitor(model, circuits, policy: Policy | str | Path | None = None, *, tok=N
             t, cp = t or t2, cp or c2
         stats = PretrainingStats.cached(model, cp, log=log)
         watched.append(watch(c, model, t, stats, path=path, policy=policy, log=log))
-    names = [w.name for w in watched]
-    if len(set(names)) != len(names):
-        raise UserError("two of the circuits watch the same task; monitor one circuit per task.")
     with Monitor(model, watched, full=full, positions=positions) as mon:
         yield mon
 
@@ -490,6 +582,10 @@ def read_inputs(path: str | Path, tok, block_size: int) -> list[tuple[str, list[
         except UnicodeDecodeError:
             raise UserError(f"input {path} is not UTF-8 text.") from None
         for n, line in enumerate(lines, 1):
+            if "\0" in line:  # a binary file can be valid UTF-8; no prompt holds a NUL
+                raise UserError(f"input {path}, line {n}: holds a NUL byte, so the file is not "
+                                "text; pass a text file (one prompt a line), a JSONL file or a "
+                                "folder of .py files.")
             if not line.strip():
                 continue
             if path.suffix == ".jsonl":
@@ -499,6 +595,10 @@ def read_inputs(path: str | Path, tok, block_size: int) -> list[tuple[str, list[
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise UserError(f"{path}, line {n}: expected a JSON object with a \"text\" "
                                     "field.") from None
+                if not isinstance(text, str):
+                    raise UserError(f"{path}, line {n}: \"text\" is a JSON "
+                                    f"{json_type(text)}, but must be a string holding the "
+                                    "prompt; quote it.")
             else:
                 text, name = line, f"line {n}"
             ids = tok.encode(text, add_special_tokens=False).ids[-block_size:]
@@ -533,19 +633,22 @@ def monitor_run(run_dir: str | Path, circuit_files: list[str | Path], input_path
     from .checkpoint import atomic_write_text, output_dir
     from .circuits.search import open_run
     from .explain.monitor_page import render_monitor
+    policy = Policy.load(policy) if policy is not None else None
     model, tok, corpus = open_run(run_dir)
     inputs = read_inputs(input_path, tok, model.cfg.block_size)
     positions = positions or ("all" if Path(input_path).is_dir() else "last")
     files = {}  # task -> circuit file (for the trace commands); `monitor` refuses a repeat
     for f in circuit_files:
-        files.setdefault(Circuit.load(f).task, str(f))
-    output_dir(out)
+        files.setdefault(Circuit.load(f, model).task, str(f))
+    if policy is not None:
+        policy.check_names(list(files))
     log(f"monitoring {len(files)} circuit(s) over {len(inputs)} inputs of {input_path} "
         f"({positions} positions, {'full' if full else 'cheap'} mode)")
     by_name = dict(inputs)
     t0 = last = time.time()
     with monitor(model, [str(f) for f in circuit_files], policy, tok=tok, corpus=corpus, full=full,
                  positions=positions, log=log) as mon:
+        output_dir(out)  # every circuit and its reference checked: only the inputs are left
         for i, (name, ids) in enumerate(inputs):
             start = len(mon.records)
             with torch.no_grad():

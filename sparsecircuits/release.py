@@ -17,12 +17,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from .bridges.store import has_bridges, load_bridges, save_bridges, write_bridge_config
 from .importers import PROVENANCE_FILE
 from .checkpoint import (MODEL_FILE, STATE_FILE, load, read_run_config, staged_dir,
-                         read_trainer_state, sparsify, versions)
+                         read_trainer_state, sparsify, versions, write_tensors)
 from .errors import UserError
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -55,7 +53,7 @@ def export_run(run_dir: str | Path, out: str | Path, dtype: str = "float16", log
         tensors, shapes = sparsify(tensors, patterned)
         if shapes:
             meta["sparse"] = json.dumps(shapes)
-        save_file(tensors, str(tmp / MODEL_FILE), metadata=meta)
+        write_tensors(tmp / MODEL_FILE, tensors, meta)  # flat: the folder is one unit already
         if has_bridges(run_dir):
             bridges, bcfg = load_bridges(run_dir, model)
             exported, _ = load(tmp)

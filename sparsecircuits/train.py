@@ -28,12 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bridges.core import (BridgeConfig, Bridges, bridged_loss, check_pair, evaluate_bridges,
-                           kl_locations, residual_rms, ridge_init)
+from .bridges.core import (BridgeConfig, Bridges, bridged_loss, check_pair, check_roles,
+                           evaluate_bridges, kl_locations, residual_rms, ridge_init,
+                           weight_density)
 from .bridges.store import (has_bridges, load_bridge_moments, load_bridges, load_dense,
                             read_bridge_config, save_bridges)
-from .checkpoint import (atomic_write, atomic_write_text, load, load_optimizer, load_weights,
-                         read_run_config, read_trainer_state, save_checkpoint)
+from .checkpoint import (atomic_write, atomic_write_text, load, load_optimizer,
+                         load_weights, read_metrics, read_run_config, read_trainer_state,
+                         save_checkpoint)
 from .circuits.ablation import model_hash
 from .config import RunConfig, TrainConfig
 from .corpus import corpus_for_run, open_corpus
@@ -146,6 +148,7 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
         state = read_trainer_state(out)
     else:
         if (out / "config.json").exists():
+            read_trainer_state(out)  # a folder that could not resume says why, as --resume does
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose "
                             "another --out.")
         cfg.validate()
@@ -192,7 +195,7 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
     bridges = bcfg = dense = None
     if bridged:
         bridges, bcfg, dense = _open_bridges(out, resume, bridge_to, frozen_from, kl_sites,
-                                             model, corpus, device)
+                                             model, corpus, device, cfg.sparsity.weight_density)
     frozen = bcfg is not None and bcfg.frozen
     if frozen and not resume:
         corpus.check_tokenizer(Path(frozen_from) / "tokenizer.json")
@@ -218,11 +221,11 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
         opt_step = load_optimizer(out, model, optimizer)
         if not (int(meta.get("step", -1)) == opt_step == state["step"]):
             raise UserError(f"the checkpoint in {out} is inconsistent (model step {meta.get('step')},"
-                            f" optimizer step {opt_step}, trainer step {state['step']}), probably "
-                            "from an interrupted write; start a new run.")
+                            f" optimizer step {opt_step}, trainer step {state['step']}): its files "
+                            "come from different checkpoints; restore them or start a new run.")
         if bridges is not None:
-            saved, _ = load_bridges(out, model)
-            bridges.load_state_dict(saved.state_dict())
+            loaded, _ = load_bridges(out, model)
+            bridges.load_state_dict(loaded.state_dict())
             load_bridge_moments(out, bridges, optimizer, state["step"])
         _trim_metrics(out / "metrics.jsonl", state["step"])
         say(f"resuming {out} at step {state['step']}")
@@ -257,6 +260,7 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
     progress = Progress(tc.max_steps) if main else None
     step, t_start, last_val = state["step"], time.time(), state.get("val_loss")
     window_t, window_tokens, done = time.time(), 0, 0
+    saved = state["step"]  # the step of the last checkpoint written
     try:
         model.train()
         while step < tc.max_steps:
@@ -317,25 +321,34 @@ def train(cfg: RunConfig | None, out: str | Path, *, resume: bool = False,
                     raise TrainingDiverged(
                         f"the weights became non-finite at step {step}; stopped, and the last "
                         f"good checkpoint is kept in {out}; lower train.lr and start a new run.")
-                if bridges is not None:  # before the trainer state, which commits the step
+                extra = None
+                if bridges is not None:  # part of the checkpoint, committed with it
                     bcfg.step = step
                     if step == tc.max_steps:
                         say("measuring the bridges on the val split ...")
                         bcfg.eval = evaluate_bridges(model, dense, bridges, val, tc.batch_size)
                         bcfg.rms = dict(sparse=residual_rms(model, val, tc.batch_size),
                                         dense=residual_rms(dense, val, tc.batch_size))
-                    save_bridges(out, bridges, optimizer, bcfg, model)
+                    extra = lambda folder: save_bridges(out, bridges, optimizer, bcfg, model,
+                                                        folder=folder)
                 if kept_weights is not None:
                     kept_weights.flush()  # Adam's dense moments, as the checkpoint holds them
-                save_checkpoint(out, model, optimizer, dict(state), cfg)
+                save_checkpoint(out, model, optimizer, dict(state), cfg, extra=extra)
+                saved = step
             if on_step is not None:
                 on_step(step)
+    except OSError as e:  # the metrics log on a full disk; a checkpoint says so itself
+        then = (f"continue from the last checkpoint (step {saved}) with `sparsecircuits train "
+                f"--out {out} --resume`" if saved else f"delete {out} and train again")
+        raise UserError(f"could not write to {out} ({e.strerror or e}); free space there (or fix "
+                        f"its permissions), then {then}.") from None
     finally:
         if kept_weights is not None:
             kept_weights.release()
         if main:
             progress.close()
-            metrics.close()
+            with contextlib.suppress(OSError):  # a full disk was reported above
+                metrics.close()
         if world > 1:
             import torch.distributed as dist
             dist.destroy_process_group()
@@ -352,8 +365,15 @@ def bridge(sparse_run: str | Path, dense_run: str | Path, out: str | Path, *,
     on its corpus (warmup, then linear decay from `lr`). `resume=True` continues `out`."""
     if resume:
         return train(None, out, resume=True, log=log)
-    if steps < 1:
-        raise UserError(f"--steps {steps} must be at least 1.")
+    if type(steps) is not int or steps < 1:
+        raise UserError(f"--steps {steps} must be a whole number, at least 1.")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--lr {lr} must be a finite number above 0 (e.g. 3e-3).")
+    if kl_sites < 0:
+        raise UserError(f"--kl-sites {kl_sites} must be 0 (every location) or more.")
+    # in a second, before a corpus is built or a bridge trained for minutes
+    check_roles(weight_density(load(sparse_run)[0]), weight_density(load(dense_run)[0]),
+                str(sparse_run), str(dense_run))
     cfg = read_run_config(sparse_run)
     # the corpus the sparse run reads (a shipped run: the default source in its own tokens)
     cfg.data.corpus = str(corpus_for_run(cfg.data.corpus, Path(sparse_run) / "tokenizer.json",
@@ -449,7 +469,7 @@ def training_step(net, optimizer, sparsifier, decay, x, y, *, lr: float, next_fr
 
 
 def _open_bridges(out: Path, resume: bool, bridge_to, frozen_from, kl_sites: int, model: GPT,
-                  corpus, device):
+                  corpus, device, density: float):
     """(bridges, their config, the frozen dense model) of a bridged run, new or resumed."""
     if resume:
         bcfg = read_bridge_config(out)
@@ -466,6 +486,9 @@ def _open_bridges(out: Path, resume: bool, bridge_to, frozen_from, kl_sites: int
                             "(train the sparse model on the dense run's corpus).") from None
         if kl_sites < 0:
             raise UserError(f"--kl-sites {kl_sites} must be 0 (every location) or more.")
+        if frozen_from is None:  # the model trains towards its target density
+            check_roles(density, weight_density(dense),
+                        "the model being trained (sparsity.weight_density)", str(dense_run))
         bcfg = BridgeConfig(dense_run=str(dense_run.resolve()), dense_hash=model_hash(dense),
                             frozen=frozen_from is not None, kl_sites=kl_sites)
     check_pair(model, dense)
@@ -475,11 +498,11 @@ def _open_bridges(out: Path, resume: bool, bridge_to, frozen_from, kl_sites: int
 
 
 def _trim_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint being resumed, so the log has no duplicate steps."""
+    """Drop rows logged after the checkpoint being resumed (and a row cut short by a kill), so
+    the log has each step once."""
     if not path.exists():
         return
-    rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in rows if json.loads(ln).get("step", 0) <= step]
+    rows = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    kept = [json.dumps(r) for r in read_metrics(path) if r["step"] <= step]
     if len(kept) != len(rows):
         atomic_write_text(path, "".join(ln + "\n" for ln in kept))
-

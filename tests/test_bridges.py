@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from sparsecircuits.bridges import Bridges, bridged_loss, evaluate_bridges, load_bridges, load_dense
 from sparsecircuits.bridges.core import BridgeConfig, kl_from, nmse
-from sparsecircuits.checkpoint import load
+from sparsecircuits.checkpoint import checkpoint_dir, load
 from sparsecircuits.config import ModelConfig
 from sparsecircuits.errors import UserError
 from sparsecircuits.model import GPT
@@ -96,7 +96,7 @@ def dense_run(corpus_dir, tmp_path_factory):
 
 
 def _weights(run):
-    return load_file(str(run / "model.safetensors"))
+    return load_file(str(checkpoint_dir(run) / "model.safetensors"))
 
 
 def test_joint_training_leaves_the_dense_model_alone_and_resumes_exactly(corpus_dir, dense_run,
@@ -116,9 +116,10 @@ def test_joint_training_leaves_the_dense_model_alone_and_resumes_exactly(corpus_
     after = _weights(dense_run)
     assert all(torch.equal(before[k], after[k]) for k in before)
     for name in ("model.safetensors", "bridges.safetensors"):
-        a, b = load_file(str(straight / name)), load_file(str(resumed / name))
+        a = load_file(str(checkpoint_dir(straight) / name))
+        b = load_file(str(checkpoint_dir(resumed) / name))
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    meta = json.loads((straight / "bridges.json").read_text())
+    meta = json.loads((checkpoint_dir(straight) / "bridges.json").read_text())
     assert not meta["frozen"] and meta["step"] == 10
     assert set(meta["eval"]["locations"]) == {"blocks.0.resid_pre", "blocks.0.resid_mid",
                                               "blocks.1.resid_pre", "blocks.1.resid_mid"}
@@ -148,7 +149,7 @@ def test_a_bridge_file_from_another_pair_is_a_one_line_error(corpus_dir, dense_r
                      log=quiet)
     out = bridge(sparse_a, dense_run, tmp_path / "bridged", steps=5, log=quiet)
     for name in ("bridges.safetensors", "bridges.json"):
-        shutil.copy(out / name, sparse_b / name)
+        shutil.copy(checkpoint_dir(out) / name, checkpoint_dir(sparse_b) / name)
     model_b, _ = load(sparse_b)
     with pytest.raises(UserError, match="another pair of models") as e:
         load_bridges(sparse_b, model_b)
@@ -160,9 +161,9 @@ def test_a_changed_dense_run_is_refused_by_its_hash(corpus_dir, dense_run, tmp_p
     shutil.copytree(dense_run, dense_copy)
     sparse = train(tiny_config(corpus_dir, train=dict(max_steps=5)), tmp_path / "s", log=quiet)
     out = bridge(sparse, dense_copy, tmp_path / "bridged", steps=5, log=quiet)
-    w = load_file(str(dense_copy / "model.safetensors"))
+    w = load_file(str(checkpoint_dir(dense_copy) / "model.safetensors"))
     w["lm_head.weight"] = w["lm_head.weight"] * 1.01
-    save_file(w, str(dense_copy / "model.safetensors"))
+    save_file(w, str(checkpoint_dir(dense_copy) / "model.safetensors"))
     model, _ = load(out)
     _, cfg = load_bridges(out, model)
     with pytest.raises(UserError, match="hash"):
@@ -198,7 +199,8 @@ def test_a_bridged_run_moves_with_its_dense_run_and_exports_with_its_bridges(cor
     shutil.copytree(dense_run, home / "dense")
     sparse = train(tiny_config(corpus_dir, train=dict(max_steps=5)), tmp_path / "s", log=quiet)
     bridge(sparse, home / "dense", home / "bridged", steps=5, log=quiet)
-    assert json.loads((home / "bridged" / "bridges.json").read_text())["dense_run"] == "../dense"
+    bridged = checkpoint_dir(home / "bridged") / "bridges.json"
+    assert json.loads(bridged.read_text())["dense_run"] == "../dense"  # from the run folder
     moved = tmp_path / "elsewhere"
     shutil.move(home, moved)
     model, _ = load(moved / "bridged")

@@ -3,6 +3,7 @@ import json
 import pytest
 
 import sparsecircuits
+from sparsecircuits.checkpoint import checkpoint_dir
 from sparsecircuits.errors import UserError
 from sparsecircuits.train import train
 
@@ -33,19 +34,20 @@ def test_missing_run_folder_and_files(run, tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         sparsecircuits.load(tmp_path)
     r = copy_run(run, tmp_path / "r")
-    (r / "model.safetensors").unlink()
+    (checkpoint_dir(r) / "model.safetensors").unlink()
     with pytest.raises(UserError, match="model.safetensors is missing"):
         sparsecircuits.load(r)
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(run, tmp_path):
     r = copy_run(run, tmp_path / "r")
-    data = (r / "model.safetensors").read_bytes()
-    (r / "model.safetensors").write_bytes(data[: len(data) // 2])
+    path = checkpoint_dir(r) / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="corrupt or truncated") as e:
         sparsecircuits.load(r)
     assert "\n" not in str(e.value)
-    (r / "model.safetensors").write_bytes(b"garbage")
+    path.write_bytes(b"garbage")
     with pytest.raises(UserError, match="corrupt or truncated"):
         sparsecircuits.load(r)
 
@@ -71,7 +73,7 @@ def test_export_writes_a_half_precision_run_that_loads(corpus_dir, tmp_path):
     train(tiny_config(corpus_dir, train=dict(max_steps=6)), run, log=quiet)
     out = export_run(run, tmp_path / "release", log=quiet)
     assert not (out / "optimizer.safetensors").exists()
-    assert (out / "model.safetensors").stat().st_size < 0.6 * (run / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (checkpoint_dir(run) / "model.safetensors").stat().st_size
     full, _ = load(run)
     half, _ = load(out)
     patterned = {st.name for st in full.sparse_tensors()}
@@ -119,3 +121,53 @@ def test_export_stores_sparse_tensors_as_their_nonzeros(corpus_dir, tmp_path):
     save_file(raw, str(path), metadata=meta)
     with pytest.raises(UserError, match="corrupt"):
         load(out)
+
+
+def test_a_run_in_the_flat_layout_of_earlier_versions_loads_and_resumes(corpus_dir, tmp_path):
+    """Before checkpoints had folders, model, optimizer and trainer state lay beside
+    config.json: such a run loads, resumes exactly, and continues in checkpoint folders."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    def config():
+        return tiny_config(corpus_dir, train=dict(max_steps=6, checkpoint_every=3))
+
+    def stop(step):
+        if step == 3:
+            raise KeyboardInterrupt
+    straight = train(config(), tmp_path / "straight", log=quiet)
+    old = tmp_path / "old"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(), old, log=quiet, on_step=stop)
+    folder = checkpoint_dir(old)
+    for f in folder.iterdir():
+        shutil.move(f, old / f.name)
+    folder.rmdir()
+    state = json.loads((old / "trainer_state.json").read_text())
+    del state["checkpoint"]
+    (old / "trainer_state.json").write_text(json.dumps(state))
+    assert checkpoint_dir(old) == old
+    sparsecircuits.load(old)
+    train(None, old, resume=True, log=quiet)
+    assert checkpoint_dir(old) == old / "checkpoint-000006"
+    assert not (old / "model.safetensors").exists() and not (old / "optimizer.safetensors").exists()
+    a = load_file(checkpoint_dir(straight) / "model.safetensors")
+    b = load_file(checkpoint_dir(old) / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_shipped_models_and_their_study_circuits_load():
+    """Flat run folders written by `export`, and circuit files written by `compare`: read by
+    the one run reader and the one circuit reader, each circuit checked against its model."""
+    from pathlib import Path
+
+    from sparsecircuits.circuits import Circuit
+    from sparsecircuits.demo import shipped_runs
+    models = {r.name: sparsecircuits.load(r)[0] for r in map(Path, shipped_runs())}
+    study = Path(shipped_runs()[0]).parent / "study" / "circuits"
+    files = sorted(study.rglob("*.json"))
+    assert files
+    for f in files:
+        assert Circuit.load(f, models[f.stem]).task == f.parent.name, f

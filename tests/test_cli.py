@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from sparsecircuits.checkpoint import checkpoint_dir
 from sparsecircuits.cli import main
 
 from .conftest import tiny_config
@@ -51,9 +52,9 @@ def test_train_and_eval_through_the_cli(cli_run, capsys):
 
 
 def test_resume_of_a_finished_run_is_a_no_op(cli_run, capsys):
-    before = (cli_run / "model.safetensors").read_bytes()
+    before = (checkpoint_dir(cli_run) / "model.safetensors").read_bytes()
     code, _, _ = run_cli(capsys, "train", "--out", str(cli_run), "--resume")
-    assert code == 0 and (cli_run / "model.safetensors").read_bytes() == before
+    assert code == 0 and (checkpoint_dir(cli_run) / "model.safetensors").read_bytes() == before
 
 
 def test_wrong_run_path(capsys, tmp_path):
@@ -82,7 +83,7 @@ def test_unknown_preset_and_missing_choice(capsys, tmp_path):
 def test_corrupt_checkpoint(cli_run, capsys, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(cli_run, bad)
-    (bad / "model.safetensors").write_bytes(b"\x00" * 100)
+    (checkpoint_dir(bad) / "model.safetensors").write_bytes(b"\x00" * 100)
     assert_one_line_error(*run_cli(capsys, "eval", str(bad))[::2], "corrupt or truncated")
 
 
@@ -90,10 +91,10 @@ def test_checkpoint_with_non_finite_weights_is_refused(cli_run, capsys, tmp_path
     from safetensors.torch import load_file, save_file
     bad = tmp_path / "nan"
     shutil.copytree(cli_run, bad)
-    tensors = load_file(str(bad / "model.safetensors"))
+    tensors = load_file(str(checkpoint_dir(bad) / "model.safetensors"))
     name = sorted(k for k, v in tensors.items() if v.is_floating_point())[-1]
     tensors[name].view(-1)[3] = float("nan")
-    save_file(tensors, str(bad / "model.safetensors"))
+    save_file(tensors, str(checkpoint_dir(bad) / "model.safetensors"))
     assert_one_line_error(*run_cli(capsys, "eval", str(bad))[::2], name, "non-finite")
 
 

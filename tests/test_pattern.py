@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 import sparsecircuits
 from sparsecircuits import pattern
+from sparsecircuits.checkpoint import checkpoint_dir
 from sparsecircuits.pattern import Pattern, PatternLinear
 from sparsecircuits.train import train
 
@@ -48,7 +49,8 @@ def _run(corpus_dir, out, path, regrow_every=4, on_step=None, **train_kw):
 
 
 def _tensors(run):
-    return (load_file(run / "model.safetensors"), load_file(run / "optimizer.safetensors"))
+    return (load_file(checkpoint_dir(run) / "model.safetensors"),
+            load_file(checkpoint_dir(run) / "optimizer.safetensors"))
 
 
 def _max_diff(a: dict, b: dict) -> float:

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 import sparsecircuits
-from sparsecircuits.checkpoint import read_trainer_state
+from sparsecircuits.checkpoint import checkpoint_dir, read_trainer_state
 from sparsecircuits.evaluate import evaluate, training_summary
 from sparsecircuits.train import TrainingDiverged, train
 
@@ -30,8 +30,8 @@ def test_resume_after_interruption_gives_the_same_weights(corpus_dir, tmp_path):
     assert read_trainer_state(tmp_path / "resumed")["step"] == 10
     train(None, tmp_path / "resumed", resume=True, log=quiet)
 
-    a = load_file(tmp_path / "straight" / "model.safetensors")
-    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    a = load_file(checkpoint_dir(tmp_path / "straight") / "model.safetensors")
+    b = load_file(checkpoint_dir(tmp_path / "resumed") / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -46,9 +46,12 @@ def test_resume_after_interruption_gives_the_same_weights(corpus_dir, tmp_path):
 
 def test_run_folder_contents_and_final_density(corpus_dir, tmp_path):
     run = train(tiny_config(corpus_dir), tmp_path / "run", log=quiet)
-    for f in ("config.json", "tokenizer.json", "model.safetensors", "optimizer.safetensors",
-              "trainer_state.json", "metrics.jsonl"):
+    for f in ("config.json", "tokenizer.json", "trainer_state.json", "metrics.jsonl"):
         assert (run / f).is_file(), f
+    assert checkpoint_dir(run) == run / "checkpoint-000020"  # the one checkpoint, made current
+    assert sorted(p.name for p in checkpoint_dir(run).iterdir()) == ["model.safetensors",
+                                                                    "optimizer.safetensors"]
+    assert not [p for p in run.iterdir() if p.is_dir() and p != checkpoint_dir(run)]
     cfg = sparsecircuits.load_config(run / "config.json")
     assert cfg.model.vocab_size == TEST_VOCAB
     report = evaluate(run)
@@ -87,7 +90,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_dir, tmp_path)
                                              warmup_frac=0.0, weight_decay=0.0))
     with pytest.raises(TrainingDiverged, match="the last good checkpoint") as err:
         train(cfg, tmp_path / "run", log=quiet)
-    weights = load_file(tmp_path / "run" / "model.safetensors")
+    weights = load_file(checkpoint_dir(tmp_path / "run") / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert "lower train.lr" in str(err.value)
 
@@ -101,8 +104,8 @@ def test_starting_over_an_existing_run_is_refused(corpus_dir, tmp_path):
 def test_same_seed_same_model(corpus_dir, tmp_path):
     for name in ("a", "b"):
         train(tiny_config(corpus_dir, train=dict(max_steps=6)), tmp_path / name, log=quiet)
-    a = load_file(tmp_path / "a" / "model.safetensors")
-    b = load_file(tmp_path / "b" / "model.safetensors")
+    a = load_file(checkpoint_dir(tmp_path / "a") / "model.safetensors")
+    b = load_file(checkpoint_dir(tmp_path / "b") / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

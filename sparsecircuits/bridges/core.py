@@ -48,7 +48,7 @@ class BridgeConfig:
     kl_sites: int = 0              # hybrid passes per step and direction: 0 = every location
     sparse_hash: str = ""          # the sparse weights the bridges were saved with
     step: int = 0
-    rms: dict = field(default_factory=dict)   # location -> {"sparse": rms, "dense": rms}
+    rms: dict = field(default_factory=dict)   # {"sparse": {location: rms}, "dense": {...}}
     eval: dict = field(default_factory=dict)  # the last `evaluate_bridges` on the val split
 
     @classmethod
@@ -88,6 +88,26 @@ def check_pair(sparse, dense) -> None:
     if sparse.cfg.vocab_size != dense.cfg.vocab_size:
         raise UserError(f"the sparse model has {sparse.cfg.vocab_size} tokens and the dense one "
                         f"{dense.cfg.vocab_size}; bridged models must share their tokenizer.")
+
+
+def weight_density(model) -> float:
+    """The fraction of nonzero entries of the model's weight matrices (the budgeted ones)."""
+    ts = [t.param for t in model.sparse_tensors() if t.group == "matrix"]
+    return sum(int((p != 0).sum()) for p in ts) / max(1, sum(p.numel() for p in ts))
+
+
+def check_roles(sparse_density: float, dense_density: float, sparse_name: str,
+                dense_name: str) -> None:
+    """Refuse a pair whose "sparse" side is not the sparser: swapped runs would train bridges
+    for minutes into nonsense."""
+    if sparse_density < dense_density:
+        return
+    why = ("the two look swapped: pass the sparse run first, then the dense one"
+           if sparse_density > dense_density else
+           "neither is sparser: bridges pair a weight-sparse model with a dense one")
+    raise UserError(f"{sparse_name} (given as the sparse model) has weight density "
+                    f"{sparse_density:.3g} and {dense_name} (given as the dense model) "
+                    f"{dense_density:.3g}; {why}.")
 
 
 def nmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

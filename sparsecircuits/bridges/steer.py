@@ -205,8 +205,7 @@ def _open(run_dir, circuit: str | Path, nodes: str | list[str]) -> _Bridged:
     model, tok = load(run_dir)
     bridges, cfg = load_bridges(run_dir, model)
     dense = load_dense(cfg, model)
-    circ = Circuit.load(circuit)
-    circ.check_model(model)
+    circ = Circuit.load(circuit, model)
     options = [str(n) for n in circ.node_ids() if n.site.split(".", 2)[2] in STEERABLE]
     nids = []
     for node in [nodes] if isinstance(nodes, str) else nodes:
@@ -229,12 +228,14 @@ def _open(run_dir, circuit: str | Path, nodes: str | list[str]) -> _Bridged:
 
 
 def _check_sweep(strengths, n_random) -> list[float]:
-    strengths = sorted(float(s) for s in strengths)
-    if not strengths or strengths[0] < 0 or strengths[-1] > 1:
-        raise UserError(f"--strengths {strengths} must lie in [0, 1].")
-    if n_random < 1:
-        raise UserError(f"--random {n_random} must be at least 1.")
-    return strengths
+    strengths = [float(s) for s in strengths]
+    bad = [s for s in strengths if not (math.isfinite(s) and 0 <= s <= 1)]  # NaN fails too
+    if not strengths or bad:
+        raise UserError(f"--strengths {' '.join(f'{s:g}' for s in strengths) or '(none)'}: "
+                        "each must be a finite number in [0, 1], e.g. 0 0.5 1.")
+    if type(n_random) is not int or n_random < 1:
+        raise UserError(f"--random {n_random} must be a whole number, at least 1.")
+    return sorted(strengths)
 
 
 def _sweep(b: _Bridged, prompt: str, counterfactual: str, answers, strengths, n_random: int,

@@ -1,4 +1,4 @@
-"""Bridges on disk, beside the sparse model in its run folder:
+"""Bridges on disk, beside the sparse model in its checkpoint (`checkpoint.checkpoint_dir`):
 
     bridges.json                     BridgeConfig: the dense run and its hash, weights, step, eval
     bridges.safetensors              encoder and decoder weights; metadata: step, shapes
@@ -13,35 +13,78 @@ both); in memory `BridgeConfig.dense_run` is always an absolute path.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
 
-from safetensors.torch import save_file
-
-from ..checkpoint import (_read_safetensors, adam_moments, atomic_write, atomic_write_text, load,
-                          restore_adam_moments)
+from ..checkpoint import (_read_safetensors, adam_moments, atomic_write_text, checkpoint_dir,
+                          load, restore_adam_moments, write_tensors)
 from ..circuits.ablation import model_hash
 from ..errors import UserError
 from .core import BRIDGES_FILE, BRIDGES_META, BRIDGES_OPTIM, BridgeConfig, Bridges
 
 
 def has_bridges(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / BRIDGES_META).is_file()
+    return (checkpoint_dir(run_dir) / BRIDGES_META).is_file()
 
 
 def read_bridge_config(run_dir: str | Path) -> BridgeConfig:
-    path = Path(run_dir) / BRIDGES_META
+    path = checkpoint_dir(run_dir) / BRIDGES_META
     if not path.is_file():
         raise UserError(f"{run_dir} has no bridges ({BRIDGES_META} is missing); train it with "
                         "`sparsecircuits train --bridge-to DENSE_RUN` or make bridges with "
                         "`sparsecircuits bridge SPARSE_RUN DENSE_RUN --out DIR`.")
     try:
-        cfg = BridgeConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path} is corrupt; restore it or make the bridges again.") from None
+    _check_bridge_config(d, path)
+    cfg = BridgeConfig.from_dict(d)
     cfg.dense_run = str((Path(run_dir) / cfg.dense_run).resolve())  # an absolute one stays
     return cfg
+
+
+def _number(v, lo: float, hi: float) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and lo <= v <= hi
+
+
+def _rms_ok(v) -> bool:
+    """Empty (the bridges' training has not finished) or the two models' residual RMS at the
+    same locations, each above 0 (steering divides by them)."""
+    if not isinstance(v, dict) or not v:
+        return isinstance(v, dict)
+    return (set(v) == {"sparse", "dense"} and all(isinstance(r, dict) for r in v.values())
+            and set(v["sparse"]) == set(v["dense"])
+            and all(_number(x, 1e-30, math.inf) for r in v.values() for x in r.values()))
+
+
+# bridges.json's fields: the test each value must pass, and what it should be
+FIELDS = {"dense_run": (lambda v: isinstance(v, str) and v != "", "a folder path"),
+          "dense_hash": (lambda v: isinstance(v, str), "a string"),
+          "sparse_hash": (lambda v: isinstance(v, str), "a string"),
+          "frozen": (lambda v: isinstance(v, bool), "true or false"),
+          "afrac": (lambda v: _number(v, 1e-9, 1), "a number in (0, 1]"),
+          "nmse_weight": (lambda v: _number(v, 0, math.inf), "a finite number >= 0"),
+          "kl_weight": (lambda v: _number(v, 0, math.inf), "a finite number >= 0"),
+          "kl_sites": (lambda v: type(v) is int and v >= 0, "a whole number >= 0"),
+          "step": (lambda v: type(v) is int and v >= 0, "a whole number >= 0"),
+          "rms": (_rms_ok, '{"sparse": {location: rms}, "dense": {location: rms}}, each above 0'),
+          "eval": (lambda v: isinstance(v, dict), "an object")}
+
+
+def _check_bridge_config(d, path: Path) -> None:
+    """Every field of bridges.json of the type and range its readers rely on."""
+    if not isinstance(d, dict):
+        raise UserError(f"{path} does not hold a JSON object; restore it or make the bridges "
+                        "again.")
+    for key in ("dense_run", "dense_hash"):
+        if key not in d:
+            raise UserError(f"{path} has no '{key}'; restore it or make the bridges again.")
+    for key, (ok, expected) in FIELDS.items():
+        if key in d and not ok(d[key]):
+            raise UserError(f"{path}: {key} = {json.dumps(d[key])[:60]} should be {expected}; "
+                            "restore the file or make the bridges again.")
 
 
 def load_dense(cfg: BridgeConfig, sparse=None):
@@ -62,8 +105,11 @@ def load_dense(cfg: BridgeConfig, sparse=None):
     return dense
 
 
-def save_bridges(run_dir: Path, bridges: Bridges, optimizer, cfg: BridgeConfig, sparse) -> None:
-    """Write the bridges (and their Adam moments, if `optimizer`) beside the sparse model."""
+def save_bridges(run_dir: Path, bridges: Bridges, optimizer, cfg: BridgeConfig, sparse,
+                 folder: Path | None = None) -> None:
+    """Write the bridges (and their Adam moments, if `optimizer`) into `folder` (default: the
+    run folder itself), a folder being written whole: a checkpoint or an export."""
+    folder = Path(folder or run_dir)
     step = str(cfg.step)
     cfg.sparse_hash = model_hash(sparse)
     meta = dict(format="sparsecircuits-bridges", step=step, locations=json.dumps(bridges.locations),
@@ -71,40 +117,47 @@ def save_bridges(run_dir: Path, bridges: Bridges, optimizer, cfg: BridgeConfig, 
                 afrac=repr(bridges.afrac))
     weights = {k: v.detach().cpu().contiguous() for k, v in bridges.state_dict().items()}
     if optimizer is not None:
-        moments = adam_moments(bridges, optimizer)
-        atomic_write(run_dir / BRIDGES_OPTIM,
-                     lambda t: save_file(moments, t, metadata=dict(step=step)))
-    atomic_write(run_dir / BRIDGES_FILE, lambda t: save_file(weights, t, metadata=meta))
-    write_bridge_config(run_dir, cfg)
+        write_tensors(folder / BRIDGES_OPTIM, adam_moments(bridges, optimizer), dict(step=step))
+    write_tensors(folder / BRIDGES_FILE, weights, meta)
+    write_bridge_config(run_dir, cfg, folder)
 
 
-def write_bridge_config(run_dir: Path, cfg: BridgeConfig) -> None:
-    """`bridges.json`, with the dense run's path relative to `run_dir`."""
+def write_bridge_config(run_dir: Path, cfg: BridgeConfig, folder: Path | None = None) -> None:
+    """`bridges.json` into `folder` (default: the run folder), with the dense run's path
+    relative to `run_dir`."""
     d = asdict(cfg)
     d["dense_run"] = os.path.relpath(Path(cfg.dense_run).resolve(), Path(run_dir).resolve())
-    atomic_write_text(Path(run_dir) / BRIDGES_META, json.dumps(d, indent=1))
+    atomic_write_text(Path(folder or run_dir) / BRIDGES_META, json.dumps(d, indent=1))
 
 
 def load_bridges(run_dir: str | Path, sparse) -> tuple[Bridges, BridgeConfig]:
     """The bridges saved in `run_dir`, for the sparse model `sparse` loaded from it."""
     run_dir = Path(run_dir)
     cfg = read_bridge_config(run_dir)
-    path = run_dir / BRIDGES_FILE
+    path = checkpoint_dir(run_dir) / BRIDGES_FILE
     tensors, meta = _read_safetensors(path)
     if meta.get("step") != str(cfg.step):
         raise UserError(f"{path} (step {meta.get('step')}) and {BRIDGES_META} (step {cfg.step}) "
                         "disagree, probably from an interrupted write; make the bridges again.")
-    locations = json.loads(meta.get("locations", "[]"))
-    if (locations != sparse.resid_names() or int(meta.get("d_sparse", -1)) != sparse.cfg.d_model
+    damaged = UserError(f"{path} does not hold the bridges its metadata describes; it is "
+                        "damaged, make the bridges again.")
+    try:
+        locations = json.loads(meta.get("locations", "[]"))
+        d_sparse, d_dense, afrac = int(meta["d_sparse"]), int(meta["d_dense"]), float(meta["afrac"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise damaged from None
+    if (locations != sparse.resid_names() or d_sparse != sparse.cfg.d_model
             or (cfg.sparse_hash and model_hash(sparse) != cfg.sparse_hash)):
         raise UserError(f"{path} belongs to another pair of models (it was saved with a sparse "
                         f"model of hash {cfg.sparse_hash or '?'}); make bridges for this pair "
                         "with `sparsecircuits bridge SPARSE_RUN DENSE_RUN --out DIR`.")
-    bridges = Bridges(locations, int(meta["d_sparse"]), int(meta["d_dense"]), float(meta["afrac"]))
+    if not (0 < afrac <= 1 and d_dense > 0):
+        raise damaged
+    bridges = Bridges(locations, d_sparse, d_dense, afrac)
     own = bridges.state_dict()
-    if set(own) != set(tensors) or any(own[k].shape != v.shape for k, v in tensors.items()):
-        raise UserError(f"{path} does not hold the bridges its metadata describes; it is damaged, "
-                        "make the bridges again.")
+    if (set(own) != set(tensors) or any(own[k].shape != v.shape for k, v in tensors.items())
+            or not all(bool(v.isfinite().all()) for v in tensors.values())):
+        raise damaged
     bridges.load_state_dict(tensors)
     bridges.to(next(sparse.parameters()).device)
     return bridges, cfg
@@ -112,7 +165,7 @@ def load_bridges(run_dir: str | Path, sparse) -> tuple[Bridges, BridgeConfig]:
 
 def load_bridge_moments(run_dir: Path, bridges: Bridges, optimizer, step: int) -> None:
     """Restore the bridges' Adam moments saved at `step` (resuming a bridged run)."""
-    path = Path(run_dir) / BRIDGES_OPTIM
+    path = checkpoint_dir(run_dir) / BRIDGES_OPTIM
     moments, meta = _read_safetensors(path)
     if meta.get("step") != str(step):
         raise UserError(f"{path} is from step {meta.get('step')}, the run from step {step}; "

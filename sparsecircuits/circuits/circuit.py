@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..config import SITE_KINDS
-from ..errors import UserError
+from ..errors import UserError, closest, json_type
 from .ablation import Ablation, mask_hook, model_hash
 from .nodes import NodeId, NodeLayout
 from .pruning import PruneConfig
@@ -49,7 +50,8 @@ class Edge:
 
     @classmethod
     def from_list(cls, x) -> Edge:
-        return cls(NodeId(x[0], int(x[1])), NodeId(x[2], int(x[3])), float(x[4]), x[5])
+        """From `to_list`'s form; the types are checked by `check_file` first."""
+        return cls(NodeId(x[0], x[1]), NodeId(x[2], x[3]), float(x[4]), x[5])
 
 
 def _layer_kind(site: str) -> tuple[int, str]:
@@ -161,15 +163,8 @@ class Circuit:
 
     @classmethod
     def from_nodes(cls, model, nodes: dict[str, list[int]], task: str, **kw) -> Circuit:
-        layout = NodeLayout(model)
-        for site, idx in nodes.items():
-            if site not in layout.sites:
-                raise UserError(f"circuit names unknown site '{site}'; sites look like "
-                                f"'blocks.0.attn.q'.")
-            n = layout.sizes[layout.sites.index(site)]
-            if any(not 0 <= i < n for i in idx):
-                raise UserError(f"circuit node index out of range at {site} (size {n}).")
-        return cls.from_keep(model, layout.from_sets(nodes), task, **kw)
+        check_nodes(nodes, model, "circuit")
+        return cls.from_keep(model, NodeLayout(model).from_sets(nodes), task, **kw)
 
     # ---------------------------------------------------------------- counts
 
@@ -210,12 +205,15 @@ class Circuit:
         self.check_model(model)
         return NodeLayout(model).from_sets(self.nodes)
 
-    def check_model(self, model) -> None:
+    def check_model(self, model, where: str = "this circuit") -> None:
+        """Refuse another model than the one the circuit was found in, and nodes that model
+        does not have (a file edited by hand keeps its model's hash)."""
         h = model_hash(model)
         if h != self.model_hash:
-            raise UserError(f"this circuit was found in model {self.model_hash} but is being "
+            raise UserError(f"{where} was found in model {self.model_hash} but is being "
                             f"applied to model {h}; load the run it came from "
                             f"({self.provenance.get('run_dir') or 'see its provenance'}).")
+        check_nodes(self.nodes, model, where)
 
     @contextlib.contextmanager
     def applied(self, model, values: dict[str, torch.Tensor]):
@@ -245,14 +243,15 @@ class Circuit:
             raise UserError(f"{where} has circuit format version {d.get('version')}; this "
                             f"sparsecircuits reads version {VERSION} (older files were judged "
                             "with a calibration that could pass a bias): prune again.")
+        check_file(d, where)
         try:
-            return cls(nodes={s: [int(i) for i in v] for s, v in d["nodes"].items()},
+            return cls(nodes={s: list(v) for s, v in d["nodes"].items()},
                        edges=[Edge.from_list(e) for e in d["edges"]], task=d["task"],
                        model_hash=d["model_hash"], config=PruneConfig.from_dict(d["config"]),
-                       task_ref=d.get("task_ref", d["task"]), loss=d.get("loss"),
+                       task_ref=d.get("task_ref") or d["task"], loss=d.get("loss"),
                        loss_uncalibrated=d.get("loss_uncalibrated"),
                        calibration=dict(d["calibration"]), provenance=d.get("provenance", {}))
-        except (KeyError, TypeError, ValueError, IndexError, UserError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, UserError) as e:
             raise UserError(f"{where} is damaged ({type(e).__name__}: {e}); prune again.") from None
 
     def save(self, path: str | Path) -> Path:
@@ -263,7 +262,10 @@ class Circuit:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Circuit:
+    def load(cls, path: str | Path, model=None) -> Circuit:
+        """The one reader of circuit files: the file's structure is checked (`check_file`), and
+        with `model`, that it is the model the circuit was found in and has every node it
+        lists (`check_model`), so a command fails on a bad file before it runs anything."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"circuit file {path} does not exist; make one with "
@@ -272,7 +274,10 @@ class Circuit:
             d = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"circuit file {path} is not valid JSON ({e}); prune again.") from None
-        return cls.from_dict(d, str(path))
+        circuit = cls.from_dict(d, str(path))
+        if model is not None:
+            circuit.check_model(model, str(path))
+        return circuit
 
     def summary(self) -> str:
         c = self.counts()
@@ -296,6 +301,92 @@ class Circuit:
             rows.append(["calibration scale (bound)", f"{self.calibration['scale']:.3f} "
                                                       f"({self.calibration['bound']:.3f})"])
         return doc.table(["", ""], rows).html_body()
+
+
+# ---------------------------------------------------------------- checks of a circuit file
+
+def _is_int(v) -> bool:
+    return type(v) is int  # not a bool, not a float that happens to be whole
+
+
+def _number(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def check_file(d: dict, where: str) -> None:
+    """The structure of a circuit file, before any of it is used: `nodes` a mapping of site
+    names to lists of whole numbers >= 0 with no node twice, every edge between listed nodes,
+    and the figures numbers. Each failure is one line naming the file, the node and the fix."""
+    nodes = d.get("nodes")
+    if not isinstance(nodes, dict):
+        raise UserError(f"{where}: 'nodes' is a JSON {json_type(nodes)}, but it must be an "
+                        "object mapping each site to its node indices, e.g. "
+                        '{"blocks.0.mlp.neuron": [3, 17]}; fix the file or prune again.')
+    for site, idx in nodes.items():
+        if not isinstance(idx, list):
+            raise UserError(f"{where}: the nodes of site '{site}' are a JSON {json_type(idx)}, "
+                            "but must be a list of indices, e.g. [3, 17]; fix the file or "
+                            "prune again.")
+        seen = set()
+        for i in idx:
+            if not _is_int(i) or i < 0:
+                raise UserError(f"{where}: node {site}[{json.dumps(i)}] has no valid index: an "
+                                "index is a whole number from 0 (no sign, no decimal point); "
+                                "fix the file or prune again.")
+            if i in seen:
+                raise UserError(f"{where}: node {site}[{i}] is listed twice; list each node "
+                                "once (or prune again).")
+            seen.add(i)
+    edges = d.get("edges")
+    if not isinstance(edges, list):
+        raise UserError(f"{where}: 'edges' is a JSON {json_type(edges)}, but must be a list "
+                        "of [site, index, site, index, weight, kind]; prune again.")
+    kinds = ("weight", "qk", "residual")
+    for e in edges:
+        if not (isinstance(e, list) and len(e) == 6 and isinstance(e[0], str)
+                and _is_int(e[1]) and isinstance(e[2], str) and _is_int(e[3])
+                and _number(e[4]) and e[5] in kinds):
+            raise UserError(f"{where}: edge {json.dumps(e)[:80]} is not [site, index, site, "
+                            f"index, weight, kind] with kind one of {', '.join(kinds)}; fix "
+                            "the file or prune again.")
+        for site, i in ((e[0], e[1]), (e[2], e[3])):
+            if i not in nodes.get(site, ()):
+                raise UserError(f"{where}: edge {e[0]}[{e[1]}] -> {e[2]}[{e[3]}] joins "
+                                f"{site}[{i}], which 'nodes' does not list; an edge runs "
+                                "between kept nodes only: add the node, remove the edge, or "
+                                "prune again.")
+    for key in ("task", "model_hash"):
+        if not isinstance(d.get(key), str) or not d.get(key):
+            raise UserError(f"{where}: '{key}' must be a non-empty string; prune again.")
+    for key in ("loss", "loss_uncalibrated"):
+        if d.get(key) is not None and not _number(d[key]):
+            raise UserError(f"{where}: '{key}' = {json.dumps(d[key])} must be a finite number "
+                            "or null; prune again.")
+    cal = d.get("calibration")
+    if not (isinstance(cal, dict) and _number(cal.get("scale")) and cal["scale"] > 0
+            and _number(cal.get("bound", 1.0)) and cal.get("bound", 1.0) > 0):
+        raise UserError(f"{where}: 'calibration' must hold a 'scale' above 0 (and its 'bound', "
+                        "above 0); prune again.")
+    if not isinstance(d.get("provenance", {}), dict) or not isinstance(
+            d.get("provenance", {}).get("run_dir", ""), str):
+        raise UserError(f"{where}: 'provenance' must be an object whose run_dir is a folder "
+                        "path; fix the file or prune again.")
+
+
+def check_nodes(nodes: dict[str, list[int]], model, where: str) -> None:
+    """Every site is one of `model`'s and every index within its width."""
+    layout = NodeLayout(model)
+    for site, idx in nodes.items():
+        if site not in layout.sites:
+            raise UserError(f"{where}: node site '{site}' does not exist in this model "
+                            f"(blocks.0 to blocks.{model.cfg.n_layer - 1}, each with "
+                            f"{', '.join(SITE_KINDS)}){closest(site, layout.sites)}; fix the "
+                            "name or prune again.")
+        n = layout.sizes[layout.sites.index(site)]
+        for i in idx:
+            if not _is_int(i) or not 0 <= i < n:
+                raise UserError(f"{where}: node {site}[{i}] is out of range: {site} has {n} "
+                                f"nodes, indices 0 to {n - 1}; fix the index or prune again.")
 
 
 def stamp() -> str:

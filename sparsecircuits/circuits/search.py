@@ -189,7 +189,9 @@ def search(model, tok, task: Task | str, targets=(TARGET_LOSS,), cfg: PruneConfi
     bound = scale_bound(d_full, sign) if bound is None else bound
 
     trials = search_trials(cfg, budget)
-    jobs = default_jobs(budget) if jobs is None else max(1, min(jobs, budget))
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs {jobs} must be at least 1 (or left out: one per core).")
+    jobs = default_jobs(budget) if jobs is None else min(jobs, budget)
     if jobs == 1:
         runs = []
         for i, t in enumerate(trials):
@@ -329,13 +331,27 @@ def task_reference(name: str) -> str:
     return name
 
 
-def open_run(run_dir: str | Path):
-    """(model, tokenizer, corpus) of a run folder; the corpus is the one it was trained on."""
+def open_run(run_dir: str | Path, circuit: Circuit | None = None, where: str = ""):
+    """(model, tokenizer, corpus) of a run folder; the corpus is the one it was trained on.
+    A `circuit` (read from the file `where`) is checked against the model before the corpus
+    is opened, which may take minutes the first time."""
     from ..checkpoint import load, read_run_config
     from ..corpus import corpus_for_run
     model, tok = load(run_dir)
+    if circuit is not None:
+        circuit.check_model(model, where)
     corpus = corpus_for_run(read_run_config(run_dir).data.corpus, Path(run_dir) / "tokenizer.json")
     return model, tok, corpus
+
+
+def open_circuit(path: str | Path, run: str | Path | None = None):
+    """(circuit, model, tokenizer, corpus): a circuit file (`Circuit.load`) and the run it
+    records (or `run`), the file checked against that run's model before anything runs."""
+    circuit = Circuit.load(path)
+    run = run or circuit.provenance.get("run_dir")
+    if not run:
+        raise UserError(f"{path} does not say which run it came from; pass --run RUN_DIR.")
+    return (circuit, *open_run(run, circuit, str(path)))
 
 
 def prune(run_dir: str | Path, task: str, out: str | Path | None = None, *,

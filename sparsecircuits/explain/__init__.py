@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..checkpoint import atomic_write_text, output_dir
-from ..circuits import Circuit, open_run, validate
+from ..circuits import open_circuit, validate
 from ..circuits.ablation import PretrainingStats
 from ..errors import UserError
 from .gather import gather
@@ -20,25 +20,15 @@ from .trace import Trace, check_prompt, trace_prompt
 from .viewer import render_html, write_viewer
 
 
-def _open(circuit_file, run=None):
-    circuit = Circuit.load(circuit_file)
-    run = run or circuit.provenance.get("run_dir")
-    if not run:
-        raise UserError(f"{circuit_file} does not say which run it came from; pass --run RUN_DIR.")
-    model, tok, corpus = open_run(run)
-    circuit.check_model(model)
-    return circuit, model, tok, corpus
-
-
 def view(circuit_file, out, run=None, log=print) -> Path:
     """Write the interactive viewer of a circuit file to `out` (an .html file)."""
     output_dir(Path(out).parent)  # before the minutes of measuring, not after
-    circuit, model, tok, corpus = _open(circuit_file, run)
+    circuit, model, tok, corpus = open_circuit(circuit_file, run)
     return write_viewer(gather(circuit, model, tok, corpus, log=log), out)
 
 
 def run_info(run_dir, model) -> dict:
-    from ..checkpoint import read_run_config
+    from ..checkpoint import STATE_FILE, read_run_config, read_trainer_state
     cfg = read_run_config(run_dir)
     m, s = cfg.model, cfg.sparsity
     info = {"run folder": str(run_dir),
@@ -48,18 +38,32 @@ def run_info(run_dir, model) -> dict:
             "sparsity": f"weight density {s.weight_density:g} (embeddings, biases "
                         f"{s.other_density:g}), activation keep fraction {m.afrac:g}",
             "nonzero parameters": _nonzero(model)}
-    from ..importers import read_provenance
-    prov = read_provenance(run_dir)
+    prov = _provenance(run_dir)
     if prov:
         info["imported"] = (f"{prov['source']} model from {prov.get('folder') or prov.get('name')}"
                             " (provenance.json)")
-    state = Path(run_dir) / "trainer_state.json"
-    if state.is_file():
-        st = json.loads(state.read_text())
-        info["training"] = f"{st.get('step')} steps, {st.get('tokens', 0):,} tokens"
+    if (Path(run_dir) / STATE_FILE).is_file():
+        st = read_trainer_state(run_dir)
+        info["training"] = f"{st['step']} steps, {st['tokens']:,} tokens"
         if st.get("val_loss") is not None:
             info["val loss (pretraining)"] = f"{st['val_loss']:.3f}"
     return info
+
+
+def _provenance(run_dir) -> dict | None:
+    """An imported run's provenance.json (None for a run trained here), checked before the
+    report says where the model came from."""
+    from ..importers import read_provenance
+    damaged = UserError(f"{Path(run_dir) / 'provenance.json'} is damaged (it should be the JSON "
+                        "object `import` wrote, with its source); restore it or import the "
+                        "model again.")
+    try:
+        prov = read_provenance(run_dir)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise damaged from None
+    if prov is not None and not (isinstance(prov, dict) and isinstance(prov.get("source"), str)):
+        raise damaged
+    return prov
 
 
 def _nonzero(model) -> str:
@@ -75,7 +79,7 @@ def _nonzero(model) -> str:
 
 def report(circuit_file, out, run=None, validation=None, controls=True, log=print) -> Path:
     """Write DIR/report.md, DIR/report.html, DIR/viewer.html and DIR/validation.json."""
-    circuit, model, tok, corpus = _open(circuit_file, run)
+    circuit, model, tok, corpus = open_circuit(circuit_file, run)
     out = output_dir(out)
     if validation is not None:
         vpath = Path(validation)
@@ -103,7 +107,7 @@ def report(circuit_file, out, run=None, validation=None, controls=True, log=prin
 
 def trace(run_dir, circuit_file, prompt: str, answers=None, log=print) -> Trace:
     """Trace `prompt` through the circuit of `circuit_file` in the model of `run_dir`."""
-    circuit, model, tok, corpus = _open(circuit_file, run_dir)
+    circuit, model, tok, corpus = open_circuit(circuit_file, run_dir)
     stats = PretrainingStats.cached(model, corpus, log=log)
     return trace_prompt(circuit, model, tok, stats, check_prompt(prompt), answers)
 

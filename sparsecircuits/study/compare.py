@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (atomic_write, atomic_write_text, output_dir, read_run_config, staged_dir,
-                          versions)
+from ..checkpoint import (STATE_FILE, atomic_write, atomic_write_text, output_dir, read_run_config,
+                          read_trainer_state, staged_dir, versions)
 from ..circuits.ablation import PretrainingStats, model_hash
 from ..circuits.pruning import PruneConfig
 from ..circuits.search import DEFAULT_BUDGET, open_run, search, test_losses
@@ -40,9 +40,8 @@ def geomean(xs) -> float | None:
 
 def _model_info(run_dir, model) -> dict:
     info = dict(run=str(Path(run_dir).resolve()), model_hash=model_hash(model))
-    state = Path(run_dir) / "trainer_state.json"
-    if state.is_file():
-        info["val_loss"] = json.loads(state.read_text()).get("val_loss")
+    if (Path(run_dir) / STATE_FILE).is_file():
+        info["val_loss"] = read_trainer_state(run_dir).get("val_loss")
     cfg = read_run_config(run_dir)
     info["weight_density"] = cfg.sparsity.weight_density
     info["afrac"] = cfg.model.afrac
@@ -117,6 +116,8 @@ def compare(sparse_run, dense_run, tasks=None, targets=DEFAULT_TARGETS, out=None
                         f"{math.log(2):.3f} (e.g. 0.5 0.15 0.02).")
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs {jobs} must be at least 1.")
+    if budget < 1:
+        raise UserError(f"--budget {budget} must be at least 1 pruning run per task and model.")
     cfg = PruneConfig(steps=steps, ablation=ablation, freeze_norm=freeze_norm).validate()
     t0 = time.perf_counter()
     models = {}

@@ -57,6 +57,10 @@ def load_task_file(path: str | Path) -> Task:
     for key in ("name", "description", "target", "alt"):
         if key in spec and not isinstance(spec[key], str):
             fail(key, f"'{key}' must be a string.")
+    for key in ("target", "alt"):
+        if not spec[key]:
+            fail(key, f"'{key}' is empty; an answer is the text the model should predict next, "
+                      "e.g. \":\".")
     name = spec["name"]
     if not re.fullmatch(r"[A-Za-z_][\w-]*", name):
         fail("name", f"name '{name}' must be letters, digits, '_' or '-', starting with a letter.")
@@ -114,11 +118,19 @@ def load_task_file(path: str | Path) -> Task:
 
 
 def _fields(template: str, path: Path, text: str) -> list[str]:
+    where = f"{path}, line {_line_of(text, template[:20])}: template {template!r}"
     try:
-        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        parts = [p for p in string.Formatter().parse(template) if p[1] is not None]
     except ValueError as e:
-        raise UserError(f"{path}, line {_line_of(text, template[:20])}: template {template!r} is "
-                        f"malformed ({e}); write literal braces as {{{{ and }}}}.") from None
+        raise UserError(f"{where} is malformed ({e}); write literal braces as {{{{ and "
+                        "}}}}.") from None
+    for _, name, spec, conversion in parts:
+        if spec or conversion:  # filling it in would fail, or quietly change the value
+            raise UserError(f"{where} writes the slot as "
+                            f"'{{{name}{'!' + conversion if conversion else ''}"
+                            f"{':' + spec if spec else ''}}}'; a slot is its name alone in "
+                            f"braces, '{{{name}}}' (literal braces are {{{{ and }}}}).")
+    return [name for _, name, _, _ in parts]
 
 
 def _line_of(text: str, needle: str) -> int:
