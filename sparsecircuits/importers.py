@@ -472,6 +472,16 @@ def _write_run(out, cfg: ModelConfig, tensors: dict, tok, provenance: dict, corp
 
 
 def read_provenance(run_dir: str | Path) -> dict | None:
-    """An imported run's provenance (None for a run trained here)."""
+    """An imported run's provenance (None for a run trained here), checked to be what `import`
+    wrote: a JSON object naming its source."""
     path = Path(run_dir) / PROVENANCE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        prov = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        prov = None
+    if not (isinstance(prov, dict) and isinstance(prov.get("source"), str)):
+        raise UserError(f"{path} is damaged (it should be the JSON object `import` wrote, with "
+                        "its source); restore it or import the model again.")
+    return prov

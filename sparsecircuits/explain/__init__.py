@@ -38,7 +38,8 @@ def run_info(run_dir, model) -> dict:
             "sparsity": f"weight density {s.weight_density:g} (embeddings, biases "
                         f"{s.other_density:g}), activation keep fraction {m.afrac:g}",
             "nonzero parameters": _nonzero(model)}
-    prov = _provenance(run_dir)
+    from ..importers import read_provenance
+    prov = read_provenance(run_dir)
     if prov:
         info["imported"] = (f"{prov['source']} model from {prov.get('folder') or prov.get('name')}"
                             " (provenance.json)")
@@ -48,22 +49,6 @@ def run_info(run_dir, model) -> dict:
         if st.get("val_loss") is not None:
             info["val loss (pretraining)"] = f"{st['val_loss']:.3f}"
     return info
-
-
-def _provenance(run_dir) -> dict | None:
-    """An imported run's provenance.json (None for a run trained here), checked before the
-    report says where the model came from."""
-    from ..importers import read_provenance
-    damaged = UserError(f"{Path(run_dir) / 'provenance.json'} is damaged (it should be the JSON "
-                        "object `import` wrote, with its source); restore it or import the "
-                        "model again.")
-    try:
-        prov = read_provenance(run_dir)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise damaged from None
-    if prov is not None and not (isinstance(prov, dict) and isinstance(prov.get("source"), str)):
-        raise damaged
-    return prov
 
 
 def _nonzero(model) -> str:
