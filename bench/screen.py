@@ -98,7 +98,7 @@ def lever(name: str):
 GENERATED = 60000    # programs of the seeded generator mixed into the generated corpus
 
 
-def config_for(recipe: str, steps: int, out: Path):
+def config_for(recipe: str, steps: int, out: Path, curve: int = 0):
     from sparsecircuits.config import preset
     cfg = preset("small-sparse")
     edits = [lever(name) for name in recipe.split("+")]
@@ -106,7 +106,7 @@ def config_for(recipe: str, steps: int, out: Path):
         edit(cfg)
     cfg.train.max_steps = steps
     cfg.train.eval_every = max(1, steps // 10)
-    cfg.train.checkpoint_every = max(1, steps // 5)
+    cfg.train.checkpoint_every = curve or max(1, steps // 5)  # the curve reads checkpoints
     if cfg.data.corpus == "GENERATED":
         cfg.data.corpus = str(generated_corpus(out))
     return cfg.validate()
@@ -167,12 +167,12 @@ def screen(recipe: str, steps: int, out: Path, n: int, curve: int) -> dict:
     result_file = run / "screen.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
-    cfg = config_for(recipe, steps, out)
+    cfg = config_for(recipe, steps, out, curve)
     curve_file = run / "curve.jsonl"
     keys = ("score", "met_15", "met_30", "real_15", "val_stdlib", "losses")
 
     def on_step(step):  # after the checkpoint of `step` is written
-        if curve and step % curve == 0 and step % cfg.train.checkpoint_every == 0 and step < steps:
+        if curve and step % curve == 0 and step < steps:
             t = time.time()
             m = measure(run, n)
             with open(curve_file, "a") as fh:
